@@ -1,0 +1,53 @@
+"""What conv and linear layers share: the LIF / TA-LIF neuron and its state-dict entries."""
+import torch
+import torch.nn as nn
+
+from .neuron import spike
+
+
+class SpikingLayer(nn.Module):
+    """Base of the weighted layers. ``neuron_shape`` is the layer's output shape ``[C, H, W]``
+    (``[N, 1, 1]`` for linear layers).
+
+    TA-LIF layers (``model: ALIF``, every spiking layer but ``output``) own ``theta_v`` (trainable,
+    initialised to ``1/tau_v``) and ``target_train``, the NDS: a buffer, so that it is saved and
+    loaded with the state dict but never trained or decayed (SPEC §4 fix).
+    """
+
+    def __init__(self, name, neuron_shape, threshold, settings, spiking=True, adaptive=False):
+        super().__init__()
+        self.name = name
+        self.neuron_shape = tuple(neuron_shape)
+        self.threshold = float(threshold) if spiking else None
+        self.spiking = spiking
+        self.tau_m, self.tau_s = settings.tau_m, settings.tau_s
+        self.adaptive = adaptive
+        self.register_parameter('theta_v', None)
+        self.register_buffer('target_train', None)
+
+    def init_neuron(self, settings, random_nds):
+        """Create the TA-LIF state; called after the weights so that the RNG order is the same
+        for every layer type."""
+        if not self.adaptive:
+            return
+        self.theta_v = nn.Parameter(torch.full(self.neuron_shape, 1 / settings.tau_v))
+        nds_shape = self.neuron_shape + (settings.n_steps,)
+        nds = torch.rand(nds_shape) if random_nds else torch.full(nds_shape, 0.5)
+        self.target_train = nds
+
+    def fire(self, current, record_nds):
+        """``current`` ``[T, B, *neuron_shape]`` -> ``(trace, batch-mean membrane or None)``."""
+        if not self.spiking:
+            return current, None
+        return spike(current, self.theta_v, self.target_train, self.tau_m, self.tau_s,
+                     self.threshold, record_nds)
+
+    def clip_weights(self):
+        """The published weight clipper: weights to [-4, 4], theta_v >= 0."""
+        self.weight.clamp_(-4, 4)
+        if self.theta_v is not None:
+            self.theta_v.clamp_(min=0)
+
+    def extra_repr(self):
+        kind = 'TA-LIF' if self.adaptive else ('LIF' if self.spiking else 'no neuron')
+        return f"name={self.name!r}, out={list(self.neuron_shape)}, {kind}, threshold={self.threshold}"

@@ -1,0 +1,118 @@
+"""The published code's float64 tensors (tests/golden, see its README) are reproduced exactly."""
+import os
+
+import pytest
+import torch
+
+from attack import bim, fgsm, pgd
+from conftest import ROOT, load_golden
+from layers import Network, compute_loss
+
+RTOL, ATOL = 1e-6, 1e-9
+ATTACK_MATCH = 0.995  # a sign of a gradient that is zero up to rounding may flip
+
+KERNEL_CASES = ['mnist_alif', 'mnists_lif', 'mnists_alif', 'cifar10s_lif', 'cifar10s_alif']
+SOFTMAX_CASES = ['cifar100s_lif', 'cifar100s_alif']
+CASES = [('hosnn_kernel.pt', c) for c in KERNEL_CASES] + [('hosnn_softmax.pt', c) for c in SOFTMAX_CASES]
+_CACHE = {}
+
+
+def golden_case(file_name, case_name):
+    if file_name not in _CACHE:
+        _CACHE[file_name] = load_golden(file_name)
+    return _CACHE[file_name][case_name]
+
+
+def build(case):
+    network_cfg = dict(case['network'], ckpt_v=None)  # the state dict carries the NDS
+    net = Network(network_cfg, case['layers'], list(case['input'].shape[1:4])).double()
+    net.load_state_dict(case['state_dict'], strict=True)
+    return net, network_cfg
+
+
+def forward_backward(net, case, network_cfg, mode):
+    net.train(mode == 'train')
+    net.zero_grad(set_to_none=True)
+    x = case['input'].clone().requires_grad_(True)
+    out, nds = net(x, False)
+    loss = compute_loss(out, case['labels'], network_cfg)
+    loss.backward()
+    return out, loss, x.grad
+
+
+def assert_close(actual, expected, what):
+    torch.testing.assert_close(actual, expected.to(actual.dtype), rtol=RTOL, atol=ATOL, msg=lambda m: f"{what}: {m}")
+
+
+@pytest.mark.parametrize('file_name,case_name', CASES)
+def test_forward_loss_and_gradients(file_name, case_name):
+    case = golden_case(file_name, case_name)
+    net, network_cfg = build(case)
+    params = dict(net.named_parameters())
+    assert case['forward'], 'golden case without forward records'
+    for mode, expected in case['forward'].items():  # train first, then eval: BN statistics order
+        out, loss, input_grad = forward_backward(net, case, network_cfg, mode)
+        assert_close(out, expected['output'], f"{case_name}/{mode} output")
+        assert_close(loss, expected['loss'], f"{case_name}/{mode} loss")
+        assert_close(input_grad, expected['input_grad'], f"{case_name}/{mode} input grad")
+        checked = 0
+        for key, grad in expected['grads'].items():
+            name = key[len('module.'):]
+            if grad.numel() == 0:  # no gradient in the published code (pooling weights)
+                assert name not in params or params[name].grad is None
+                continue
+            assert_close(params[name].grad, grad, f"{case_name}/{mode} grad of {name}")
+            checked += 1
+        assert checked == sum(p.requires_grad for p in params.values())
+
+
+@pytest.mark.parametrize('file_name,case_name', CASES)
+def test_attacks(file_name, case_name):
+    case = golden_case(file_name, case_name)
+    net, network_cfg = build(case)
+    for mode in case['forward']:  # reproduce the BN running statistics of the recording
+        forward_backward(net, case, network_cfg, mode)
+    net.eval()
+    for eps, expected in case['attacks'].items():
+        eps_scaled = float(eps) / network_cfg['std']
+        for name, attack in (('fgm', fgsm), ('pgd', pgd), ('bim', bim)):
+            x_adv = attack(net, case['input'], case['labels'], eps_scaled, network_cfg,
+                           clamp=case['attack_clamp'])
+            match = torch.isclose(x_adv, expected[name], rtol=RTOL, atol=ATOL).double().mean()
+            assert match >= ATTACK_MATCH, f"{case_name} {name} eps={eps}: {match:.4f} of elements match"
+
+
+@pytest.mark.parametrize('file_name,case_name', [c for c in CASES if c[1] != 'mnist_alif'])
+def test_one_training_step(file_name, case_name):
+    case = golden_case(file_name, case_name)
+    net, network_cfg = build(case)
+    for mode in case['forward']:
+        forward_backward(net, case, network_cfg, mode)
+    # (the recorded attacks ran in eval mode: they do not change the BN statistics)
+    net.train()
+    optimizer = torch.optim.AdamW(net.parameters(), lr=network_cfg['lr'], betas=(0.9, 0.999))
+    optimizer.zero_grad()
+    out, _ = net(case['input'], False)
+    compute_loss(out, case['labels'], network_cfg).backward()
+    torch.nn.utils.clip_grad_norm_(net.parameters(), 1)
+    optimizer.step()
+    net.weight_clipper()
+    state = net.state_dict()
+    assert set('module.' + k for k in state) == set(case['after_step'])
+    for key, expected in case['after_step'].items():
+        assert_close(state[key[len('module.'):]].to(expected.dtype), expected, f"{case_name} {key}")
+
+
+def test_released_nds_loads_into_mnist_alif(golden_kernel):
+    """The shipped spikedata/mnist/mnist.pt is the NDS inside the golden mnist_alif state dict."""
+    case = golden_kernel['mnist_alif']
+    assert case['network']['ckpt_v'] == './spikedata/mnist/mnist.pt'
+    network_cfg = dict(case['network'], ckpt_v=os.path.join(ROOT, 'spikedata', 'mnist', 'mnist.pt'))
+    net = Network(network_cfg, case['layers'], [1, 28, 28])
+    loaded = 0
+    for index, layer in enumerate(net.layers):
+        key = f"module.layers.{index}.target_train"
+        if key in case['state_dict']:
+            torch.testing.assert_close(layer.target_train.double(), case['state_dict'][key])
+            loaded += 1
+    assert loaded == 3
