@@ -1,0 +1,101 @@
+"""Every side effect of a run, in one place, done by rank 0 only: console lines, tqdm progress,
+TensorBoard scalars, ``results.json``, the resolved config and the checkpoints. On other ranks
+every method is a no-op (progress bars pass the iterable through)."""
+import json
+import os
+import sys
+import time
+
+import torch
+from tqdm import tqdm
+
+from checkpoint import atomic_write, atomic_write_text, save_checkpoint
+from config import dump_config
+
+
+class RunOutputs:
+    def __init__(self, out_dir, ctx, config, results=None):
+        self.out_dir = out_dir
+        self.active = ctx.is_main
+        self.results = results if results is not None else {
+            'run': os.path.basename(os.path.normpath(out_dir)),
+            'started': time.strftime('%Y-%m-%d %H:%M:%S'),
+            'world_size': ctx.world_size,
+            'device': str(ctx.device),
+            'config': config,
+            'epochs': [],
+        }
+        self.writer = None
+        if self.active:
+            os.makedirs(out_dir, exist_ok=True)
+            atomic_write_text(os.path.join(out_dir, 'config.yaml'), dump_config(config))
+            from torch.utils.tensorboard import SummaryWriter  # deferred: slow import
+            self.writer = SummaryWriter(os.path.join(out_dir, 'tb'))
+
+    def log(self, message):
+        if self.active:
+            tqdm.write(message, file=sys.stdout)
+            sys.stdout.flush()
+
+    def progress(self, iterable, desc=None, total=None, leave=True):
+        if not self.active:
+            return iterable
+        return tqdm(iterable, desc=desc, total=total, leave=leave, dynamic_ncols=True,
+                    mininterval=1.0, file=sys.stderr)
+
+    def add_epoch(self, metrics):
+        """Per-epoch metrics -> TensorBoard and results.json."""
+        if not self.active:
+            return
+        epoch = metrics['epoch']
+        for key, value in metrics.items():
+            if key != 'epoch' and isinstance(value, (int, float)):
+                self.writer.add_scalar(key.replace('_', '/', 1), value, epoch)
+        self.results['epochs'].append(metrics)
+        self.write_results()
+        self.log(f"epoch {epoch}: train loss {metrics['train_loss']:.4f} acc "
+                 f"{100 * metrics['train_acc']:.2f}% | test acc {100 * metrics['test_acc']:.2f}% "
+                 f"({metrics['test_samples']} samples) | {metrics['train_time_s']:.0f}s")
+
+    def set_result(self, key, value):
+        if self.active:
+            self.results[key] = value
+            self.write_results()
+
+    def add_robustness(self, rows, key='robustness'):
+        """The adversarial-test rows -> TensorBoard, results.json and a table on the console."""
+        if not self.active:
+            return
+        for row in rows:
+            self.writer.add_scalar(f"{key}/{row['attack']}_eps{row['eps']:.4f}", row['accuracy'])
+        self.set_result(key, rows)
+        self.log(format_robustness_table(rows))
+
+    def write_results(self):
+        if self.active:
+            self.results['updated'] = time.strftime('%Y-%m-%d %H:%M:%S')
+            atomic_write_text(os.path.join(self.out_dir, 'results.json'),
+                              json.dumps(self.results, indent=1, default=float) + '\n')
+
+    def save_checkpoint(self, name, model_without_ddp, epoch, **extra):
+        if self.active:
+            save_checkpoint(os.path.join(self.out_dir, name), model_without_ddp, epoch, **extra)
+
+    def save_nds(self, path, nds):
+        if self.active:
+            atomic_write(path, lambda f: torch.save(nds, f))
+            self.log(f"NDS of {len(nds)} layers saved to {path}")
+
+    def close(self):
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+
+def format_robustness_table(rows):
+    """``attack | eps | accuracy | samples`` as aligned text."""
+    lines = [f"{'attack':<10} {'eps':>8} {'accuracy':>9} {'samples':>8}"]
+    for row in rows:
+        lines.append(f"{row['attack']:<10} {row['eps']:>8.4f} {100 * row['accuracy']:>8.2f}% "
+                     f"{row['n_samples']:>8d}")
+    return '\n'.join(lines)

@@ -1,0 +1,212 @@
+"""The paper's protocol for one data set, end to end:
+
+    1. LIF clean training, then its NDS recorded over the training set      -> <out>/lif_clean
+    2. HoSNN (TA-LIF anchored on that NDS) clean training                   -> <out>/hosnn_clean
+    3. adversarial fine-tuning (ATTACK.ft_method at ATTACK.train[0]) of both -> <out>/{lif,hosnn}_ft
+    4. the adversarial test of all four models: clean, FGSM, R-FGSM, PGD, BIM at every
+       ATTACK.strength, plus two sanity rows: PGD transferred from the partner model (the other
+       neuron, same training) and random +-eps sign noise              -> <out>/results.json
+
+    torchrun --standalone --nproc_per_node=2 protocol.py -d 3 --out runs/fashionmnist \\
+        --lif-epochs 8 --hosnn-epochs 20 --ft-epochs 4
+
+Every stage is a normal run of main.py's code (checkpoints, results.json, TensorBoard in its
+directory). ``--resume`` skips finished stages and resumes an interrupted one.
+"""
+import argparse
+import copy
+import json
+import os
+import sys
+import time
+
+import torch
+
+from checkpoint import atomic_write_text, load_checkpoint, load_weights
+from config import ConfigError, attack_strengths, input_shape
+from distributed import cleanup_distributed, init_distributed
+from engine import ADVERSARIAL_TEST_ATTACKS, accuracy_under_attack
+from layers import Network
+from main import (EXIT_USER_ERROR, USER_ERRORS, build_loaders, config_from_args, run_experiment,
+                  seed_everything)
+from outputs import RunOutputs
+
+MODELS = ('lif_clean', 'hosnn_clean', 'lif_ft', 'hosnn_ft')
+PARTNER = {'lif_clean': 'hosnn_clean', 'hosnn_clean': 'lif_clean', 'lif_ft': 'hosnn_ft',
+           'hosnn_ft': 'lif_ft'}
+TITLES = {'lif_clean': 'LIF clean-trained', 'hosnn_clean': 'HoSNN clean-trained',
+          'lif_ft': 'LIF {ft}-trained', 'hosnn_ft': 'HoSNN {ft}-trained'}
+
+
+def get_args_parser():
+    parser = argparse.ArgumentParser(description='The HoSNN protocol: LIF -> NDS -> HoSNN -> '
+                                     'adversarial fine-tuning -> LIF vs HoSNN robustness table')
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument('-d', '--dataset', type=int, choices=range(5), metavar='{0..4}')
+    source.add_argument('--config')
+    parser.add_argument('--set', action='append', default=[], metavar='SECTION.KEY=VALUE',
+                        help='override a config key in every stage (repeatable)')
+    parser.add_argument('--out', required=True, help='directory of the protocol run')
+    parser.add_argument('--lif-epochs', type=int, required=True)
+    parser.add_argument('--hosnn-epochs', type=int, required=True)
+    parser.add_argument('--ft-epochs', type=int, required=True,
+                        help='adversarial fine-tuning epochs of each model')
+    parser.add_argument('--resume', action='store_true', help='skip finished stages, resume the rest')
+    parser.add_argument('--seed', type=int)
+    parser.add_argument('--device', choices=('cpu', 'cuda'))
+    parser.add_argument('--workers', type=int)
+    return parser
+
+
+def stage_configs(base, out_dir, args):
+    """The four training stages as resolved configs (the base config with stage keys set)."""
+    dataset = base['Network']['dataset']
+    nds_path = os.path.join('spikedata', dataset.lower(), f"{os.path.basename(os.path.normpath(out_dir))}_lif.pt")
+
+    def stage(model, epochs, advtrain, ckpt=None, ckpt_v=None, save_target=False):
+        cfg = copy.deepcopy(base)
+        cfg['DEFAULT'].update(cleantrain=not advtrain, advtrain=advtrain, advtest=False, ckpt=ckpt)
+        cfg['Network'].update(model=model, epochs=epochs, ckpt_v=ckpt_v, save_target=save_target)
+        return cfg
+
+    best = lambda name: os.path.join(out_dir, name, 'best.pth')  # noqa: E731
+    return nds_path, {
+        'lif_clean': stage('LIF', args.lif_epochs, False, save_target=True),
+        'hosnn_clean': stage('ALIF', args.hosnn_epochs, False, ckpt_v=nds_path),
+        'lif_ft': stage('LIF', args.ft_epochs, True, ckpt=best('lif_clean')),
+        'hosnn_ft': stage('ALIF', args.ft_epochs, True, ckpt=best('hosnn_clean'), ckpt_v=nds_path),
+    }
+
+
+def stage_finished(stage_dir):
+    path = os.path.join(stage_dir, 'results.json')
+    if not os.path.isfile(path):
+        return False
+    with open(path) as f:
+        return bool(json.load(f).get('finished'))
+
+
+def load_model(cfg, stage_dir, ctx):
+    dtype = getattr(torch, cfg['DEFAULT']['dtype'])
+    model = Network(cfg['Network'], cfg['Layers'], input_shape(cfg)).to(dtype)
+    path = os.path.join(stage_dir, 'best.pth')
+    load_weights(model, load_checkpoint(path), path)
+    return model.to(ctx.device).eval()
+
+
+def robustness_table(models, stage_cfgs, loader, strengths, ctx, outputs, ft):
+    """Rows ``{'attack', 'eps', 'n_samples', <model name>: accuracy, ...}`` for the four models."""
+    table = {}  # (attack, eps) -> row, in the order rows are first measured
+
+    def record(attack, eps, name, accuracy, n):
+        row = table.setdefault((attack, eps), {'attack': attack, 'eps': eps, 'n_samples': n})
+        row[name] = accuracy
+
+    def measure(source, attack, eps, targets):
+        cfg = stage_cfgs[source]
+        network = cfg['Network']
+        return accuracy_under_attack(
+            models[source], [models[t] for t in targets], loader, network, ctx, outputs.progress,
+            attack, eps / network['std'], cfg['ATTACK']['clamp'],
+            desc=f"{source} {attack or 'clean'} eps={eps:.4f}")
+
+    for name in MODELS:
+        (accuracy,), n = measure(name, None, 0.0, [name])
+        record('clean', 0.0, name, accuracy, n)
+    for eps in strengths:
+        for attack in ADVERSARIAL_TEST_ATTACKS + ('noise',):
+            for name in MODELS:
+                if attack == 'pgd':
+                    # One PGD pass gives the white-box row and the partner's transfer row.
+                    (white_box, transfer), n = measure(name, 'pgd', eps, [name, PARTNER[name]])
+                    record('pgd', eps, name, white_box, n)
+                    record('pgd-transfer', eps, PARTNER[name], transfer, n)
+                else:
+                    (accuracy,), n = measure(name, attack, eps, [name])
+                    record(attack, eps, name, accuracy, n)
+        outputs.log(format_markdown_table([r for r in table.values() if r['eps'] == eps], ft))
+    return list(table.values())
+
+
+def format_markdown_table(rows, ft):
+    titles = [TITLES[name].format(ft=ft) for name in MODELS]
+    lines = ['| attack | eps | ' + ' | '.join(titles) + ' | samples |',
+             '|---|---|' + '---:|' * len(MODELS) + '---:|']
+    for row in rows:
+        eps = '0' if row['eps'] == 0 else f"{row['eps'] * 255:.3g}/255"
+        cells = [f"{100 * row[name]:.2f}" if name in row else '' for name in MODELS]
+        lines.append(f"| {row['attack']} | {eps} | " + ' | '.join(cells) + f" | {row['n_samples']} |")
+    return '\n'.join(lines)
+
+
+def run_protocol(args, base, warnings, ctx):
+    out_dir = args.out
+    nds_path, stages = stage_configs(base, out_dir, args)
+    previous = None
+    if args.resume and os.path.isfile(os.path.join(out_dir, 'results.json')):
+        with open(os.path.join(out_dir, 'results.json')) as f:
+            previous = json.load(f)
+    summary_outputs = RunOutputs(out_dir, ctx, base, results=previous)
+    summary_outputs.results.setdefault('stages', {})
+    for warning in warnings:
+        summary_outputs.log(f"warning: {warning}")
+    for name, cfg in stages.items():
+        stage_dir = os.path.join(out_dir, name)
+        if args.resume and stage_finished(stage_dir):
+            summary_outputs.log(f"== {name}: finished earlier, skipped")
+            continue
+        resume = args.resume and os.path.isfile(os.path.join(stage_dir, 'last.pth'))
+        summary_outputs.log(f"== {name}: {cfg['Network']['model']}, {cfg['Network']['epochs']} epochs"
+                            f"{', adversarial' if cfg['DEFAULT']['advtrain'] else ''}"
+                            f"{' (resumed)' if resume else ''}")
+        start = time.perf_counter()
+        run_experiment(cfg, stage_dir, ctx, resume=resume, workers=args.workers,
+                       nds_out=nds_path if cfg['Network']['save_target'] else None)
+        summary_outputs.results['stages'][name] = {'wall_time_s': time.perf_counter() - start}
+        summary_outputs.write_results()
+
+    summary_outputs.log("== adversarial test of the four models")
+    start = time.perf_counter()
+    seed_everything(base['DEFAULT']['seed'] + 1000 * ctx.rank)
+    models = {name: load_model(stages[name], os.path.join(out_dir, name), ctx) for name in MODELS}
+    _, test_loader, _ = build_loaders(base, ctx, args.workers)
+    ft = {'fgm': 'FGSM', 'pgd': 'PGD'}[base['ATTACK']['ft_method']]
+    rows = robustness_table(models, stages, test_loader, attack_strengths(base), ctx,
+                            summary_outputs, ft)
+    table = format_markdown_table(rows, ft)
+    summary_outputs.results['stages']['adversarial_test'] = {'wall_time_s': time.perf_counter() - start}
+    summary_outputs.results.update(robustness=rows, table_markdown=table, nds_file=nds_path,
+                                   finished=True)
+    summary_outputs.write_results()
+    if ctx.is_main:
+        atomic_write_text(os.path.join(out_dir, 'table.md'), table + '\n')
+    summary_outputs.log(f"\nLIF vs HoSNN, accuracy (%) on {rows[0]['n_samples']} test samples:\n{table}")
+    summary_outputs.close()
+
+
+def main(argv=None):
+    args = get_args_parser().parse_args(argv)
+    for flag in ('lif_epochs', 'hosnn_epochs', 'ft_epochs'):
+        if getattr(args, flag) < 0:
+            print(f"error: --{flag.replace('_', '-')} must be >= 0", file=sys.stderr)
+            return EXIT_USER_ERROR
+    try:
+        base, warnings, _ = config_from_args(args)
+        if not base['ATTACK']['train']:
+            raise ConfigError("ATTACK.train is empty: the fine-tuning stages need an eps")
+        ctx = init_distributed(args.device)
+    except USER_ERRORS as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    try:
+        run_protocol(args, base, warnings, ctx)
+    except USER_ERRORS as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    finally:
+        cleanup_distributed()
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
