@@ -19,6 +19,7 @@ import json
 import os
 import sys
 import time
+from fractions import Fraction
 
 import torch
 
@@ -133,7 +134,7 @@ def format_markdown_table(rows, ft):
     lines = ['| attack | eps | ' + ' | '.join(titles) + ' | samples |',
              '|---|---|' + '---:|' * len(MODELS) + '---:|']
     for row in rows:
-        eps = '0' if row['eps'] == 0 else f"{row['eps'] * 255:.3g}/255"
+        eps = str(Fraction(row['eps']).limit_denominator(1000))
         cells = [f"{100 * row[name]:.2f}" if name in row else '' for name in MODELS]
         lines.append(f"| {row['attack']} | {eps} | " + ' | '.join(cells) + f" | {row['n_samples']} |")
     return '\n'.join(lines)
