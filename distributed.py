@@ -16,7 +16,8 @@ class DistContext:
 
     @property
     def distributed(self):
-        return self.world_size > 1
+        """True under torchrun/SLURM (even with one process: the same code path, DDP included)."""
+        return dist.is_available() and dist.is_initialized()
 
     @property
     def is_main(self):
@@ -55,10 +56,8 @@ def init_distributed(device_name=None):
         # Several CPU processes on one machine: share the cores instead of oversubscribing them.
         local_world = int(os.environ.get('LOCAL_WORLD_SIZE', world_size))
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
-    if world_size > 1:
-        dist.init_process_group(backend='nccl' if use_cuda else 'gloo', rank=rank,
-                                world_size=world_size,
-                                device_id=device if use_cuda else None)
+    dist.init_process_group(backend='nccl' if use_cuda else 'gloo', rank=rank,
+                            world_size=world_size, device_id=device if use_cuda else None)
     return DistContext(rank, world_size, local_rank, device)
 
 
