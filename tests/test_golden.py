@@ -14,20 +14,30 @@ ATTACK_MATCH = 0.995  # a sign of a gradient that is zero up to rounding may fli
 KERNEL_CASES = ['mnist_alif', 'mnists_lif', 'mnists_alif', 'cifar10s_lif', 'cifar10s_alif']
 SOFTMAX_CASES = ['cifar100s_lif', 'cifar100s_alif']
 CASES = [('hosnn_kernel.pt', c) for c in KERNEL_CASES] + [('hosnn_softmax.pt', c) for c in SOFTMAX_CASES]
+# The same float64 numbers on every device the machine has (the code is device-generic).
+DEVICES = ['cpu'] + (['cuda'] if torch.cuda.is_available() else [])
 _CACHE = {}
 
 
-def golden_case(file_name, case_name):
+def golden_case(file_name, case_name, device):
     if file_name not in _CACHE:
         _CACHE[file_name] = load_golden(file_name)
-    return _CACHE[file_name][case_name]
+    return to_device(_CACHE[file_name][case_name], device)
+
+
+def to_device(value, device):
+    if torch.is_tensor(value):
+        return value.to(device)
+    if isinstance(value, dict):
+        return {k: to_device(v, device) for k, v in value.items()}
+    return value
 
 
 def build(case):
     network_cfg = dict(case['network'], ckpt_v=None)  # the state dict carries the NDS
     net = Network(network_cfg, case['layers'], list(case['input'].shape[1:4])).double()
     net.load_state_dict(case['state_dict'], strict=True)
-    return net, network_cfg
+    return net.to(case['input'].device), network_cfg
 
 
 def forward_backward(net, case, network_cfg, mode):
@@ -45,8 +55,9 @@ def assert_close(actual, expected, what):
 
 
 @pytest.mark.parametrize('file_name,case_name', CASES)
-def test_forward_loss_and_gradients(file_name, case_name):
-    case = golden_case(file_name, case_name)
+@pytest.mark.parametrize('device', DEVICES)
+def test_forward_loss_and_gradients(file_name, case_name, device):
+    case = golden_case(file_name, case_name, device)
     net, network_cfg = build(case)
     params = dict(net.named_parameters())
     assert case['forward'], 'golden case without forward records'
@@ -67,8 +78,9 @@ def test_forward_loss_and_gradients(file_name, case_name):
 
 
 @pytest.mark.parametrize('file_name,case_name', CASES)
-def test_attacks(file_name, case_name):
-    case = golden_case(file_name, case_name)
+@pytest.mark.parametrize('device', DEVICES)
+def test_attacks(file_name, case_name, device):
+    case = golden_case(file_name, case_name, device)
     net, network_cfg = build(case)
     for mode in case['forward']:  # reproduce the BN running statistics of the recording
         forward_backward(net, case, network_cfg, mode)
@@ -83,8 +95,9 @@ def test_attacks(file_name, case_name):
 
 
 @pytest.mark.parametrize('file_name,case_name', [c for c in CASES if c[1] != 'mnist_alif'])
-def test_one_training_step(file_name, case_name):
-    case = golden_case(file_name, case_name)
+@pytest.mark.parametrize('device', DEVICES)
+def test_one_training_step(file_name, case_name, device):
+    case = golden_case(file_name, case_name, device)
     net, network_cfg = build(case)
     for mode in case['forward']:
         forward_backward(net, case, network_cfg, mode)
