@@ -34,6 +34,14 @@ def atomic_write(path, write):
         raise
 
 
+def remove_stale_temporaries(directory):
+    """Delete the temporary files of writes that a killed run left in ``directory``."""
+    if os.path.isdir(directory):
+        for name in os.listdir(directory):
+            if name.startswith('.') and name.endswith('.tmp'):
+                os.remove(os.path.join(directory, name))
+
+
 def atomic_write_text(path, text):
     atomic_write(path, lambda f: f.write(text.encode()))
 

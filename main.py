@@ -18,7 +18,8 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from attack import ATTACKS
-from checkpoint import CheckpointError, load_checkpoint, load_weights, rng_states, set_rng_states
+from checkpoint import (CheckpointError, load_checkpoint, load_weights, remove_stale_temporaries,
+                        rng_states, set_rng_states)
 from config import (ConfigError, attack_strengths, config_path_for_dataset, input_shape, load_config,
                     train_epsilon)
 from datasets import DatasetNotFound, build_datasets
@@ -115,6 +116,8 @@ def run_experiment(cfg, out_dir, ctx, resume=False, workers=None, nds_out=None, 
     if resume:
         if not os.path.isfile(last_path):
             raise CheckpointError(f"--resume: '{last_path}' does not exist (nothing to resume)")
+        if ctx.is_main:
+            remove_stale_temporaries(out_dir)  # a kill during a save leaves one behind
         resume_state = load_checkpoint(last_path)
         load_weights(model_without_ddp, resume_state, last_path)
     elif default['ckpt'] is not None:
