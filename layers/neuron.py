@@ -11,8 +11,12 @@ output buffer as 0/1 in the working dtype (no bool tensors, no ``masked_fill``),
 it is turned into ``f = sigmoid(...)`` in place, once, for all steps together, and only when a
 gradient is wanted. The backward applies the ``[T, T]`` trace kernel as its two-term recurrence
 (one ``lerp`` per step) instead of a matrix product with a 5-long inner dimension.
+On CUDA (float32 and half types) the loop and the backward run as Triton kernels instead
+(``layers/fused.py``): one launch per layer rather than several per time step.
 """
 import torch
+
+from . import fused
 
 SURROGATE_WIDTH = 0.2  # the 0.2 of f = sigmoid(clamp(-(u - V)/0.2, -8, 8))
 SURROGATE_CLAMP = 8
@@ -107,12 +111,18 @@ class SpikeFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, current, theta_v, nds, tau_m, tau_s, threshold, record_nds):
-        trace, membrane, error_sum, mem_mean = neuron_forward(
-            current, theta_v, nds, tau_m, tau_s, threshold, record_nds, keep_membrane=True)
-        # f = sigmoid(clamp(-(u_t - V)/0.2, -8, 8)) for every step at once, in place: the
-        # backward's surrogate f(1 - f)/0.2 needs nothing else of the membrane.
-        f = membrane.sub_(threshold).div_(-SURROGATE_WIDTH)
-        f = f.clamp_(-SURROGATE_CLAMP, SURROGATE_CLAMP).sigmoid_()
+        if fused.available(current) and not record_nds:
+            trace, f, error_sum = fused.neuron_forward(
+                current, theta_v, nds, tau_m, tau_s, threshold, SURROGATE_WIDTH, SURROGATE_CLAMP,
+                store_f=True)
+            mem_mean = None
+        else:
+            trace, membrane, error_sum, mem_mean = neuron_forward(
+                current, theta_v, nds, tau_m, tau_s, threshold, record_nds, keep_membrane=True)
+            # f = sigmoid(clamp(-(u_t - V)/0.2, -8, 8)) for every step at once, in place: the
+            # backward's surrogate f(1 - f)/0.2 needs nothing else of the membrane.
+            f = membrane.sub_(threshold).div_(-SURROGATE_WIDTH)
+            f = f.clamp_(-SURROGATE_CLAMP, SURROGATE_CLAMP).sigmoid_()
         ctx.tau_s = tau_s
         ctx.adaptive = theta_v is not None
         if ctx.adaptive:
@@ -127,10 +137,13 @@ class SpikeFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_traces, _grad_mem_mean):
         f = ctx.saved_tensors[0]
-        grad_current = trace_backward(grad_traces, ctx.tau_s)           # A_t
-        # dL/dI_t = A_t * f (1 - f) / 0.2  (sigmoid_backward(A, f) == A * (1 - f) * f)
-        torch.ops.aten.sigmoid_backward.grad_input(grad_current, f, grad_input=grad_current)
-        grad_current.div_(SURROGATE_WIDTH)
+        if fused.available(f):
+            grad_current = fused.surrogate_backward(grad_traces, f, ctx.tau_s, SURROGATE_WIDTH)
+        else:
+            grad_current = trace_backward(grad_traces, ctx.tau_s)           # A_t
+            # dL/dI_t = A_t * f (1 - f) / 0.2  (sigmoid_backward(A, f) == A * (1 - f) * f)
+            torch.ops.aten.sigmoid_backward.grad_input(grad_current, f, grad_input=grad_current)
+            grad_current.div_(SURROGATE_WIDTH)
         grad_theta_v = None
         if ctx.adaptive and ctx.needs_input_grad[1]:
             mean_error = ctx.saved_tensors[1]
@@ -146,6 +159,10 @@ def spike(current, theta_v, nds, tau_m, tau_s, threshold, record_nds=False):
         current.requires_grad or (theta_v is not None and theta_v.requires_grad))
     if needs_grad:
         return SpikeFunction.apply(current, theta_v, nds, tau_m, tau_s, threshold, record_nds)
+    if fused.available(current) and not record_nds:
+        trace, _, _ = fused.neuron_forward(current, theta_v, nds, tau_m, tau_s, threshold,
+                                           SURROGATE_WIDTH, SURROGATE_CLAMP, store_f=False)
+        return trace, None
     trace, _, _, mem_mean = neuron_forward(current, theta_v, nds, tau_m, tau_s, threshold,
                                            record_nds, keep_membrane=False)
     return trace, mem_mean

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The CUDA checks, for a machine with a GPU (run from the repository root; results in $OUT):
-#   1. the float64 golden and neuron tests on CUDA (tests/test_golden.py runs on every device),
-#   2. bench.py on CUDA (SNN vs the equivalent ANN work),
+#   1. the float64 golden and neuron tests on CUDA (tests/test_golden.py runs on every device), and
+#      the Triton neuron kernels against the PyTorch loop (tests/test_fused.py),
+#   2. bench.py on CUDA (SNN vs the equivalent ANN work), with the Triton kernels and without,
 #   3. one CIFAR10 training epoch through torchrun + NCCL (+ SyncBatchNorm, DDP) on a synthetic
 #      data set in the real CIFAR10 format (50 000 / 10 000 images), then a short adversarial test.
 # Needs torch, torchvision, pyyaml, tqdm, tensorboard, pytest (no downloads).
@@ -16,10 +17,14 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT
 $PY -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__, torch.cuda.get_device_name())" | tee -a "$OUT/gpu.txt"
 
 echo "== golden tests on CUDA"
-$PY -m pytest -q -p no:cacheprovider tests/test_golden.py tests/test_neuron.py 2>&1 | tail -3 | tee "$OUT/golden.txt" || status=1
+$PY -m pytest -q -p no:cacheprovider tests/test_golden.py tests/test_neuron.py tests/test_fused.py \
+  tests/test_speed_paths.py 2>&1 | tail -5 | tee "$OUT/golden.txt" || status=1
 
 echo "== bench"
 $PY bench.py --device cuda --batch 64,64 --json "$OUT/bench.json" 2>&1 | tee "$OUT/bench.txt" || status=1
+echo "== bench without the Triton kernels"
+HOSNN_NO_TRITON=1 $PY bench.py --device cuda --batch 64,64 --no-memory --json "$OUT/bench_plain.json" \
+  2>&1 | tee "$OUT/bench_plain.txt" || status=1
 
 echo "== one CIFAR10 epoch (torchrun, NCCL)"
 DATA=/tmp/cifar10-synthetic
