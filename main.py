@@ -221,25 +221,35 @@ def train(model, model_without_ddp, train_loader, test_loader, cfg, ctx, outputs
         outputs.set_result('evaluated', f"best.pth (epoch {best['epoch']})")
 
 
-def main(argv=None):
-    args = get_args_parser().parse_args(argv)
+def run_cli(args, prepare, execute):
+    """``prepare(args)`` checks the config (before any process group or data); then
+    ``execute(args, prepared, ctx)`` runs. A user error (config, checkpoint, data) is one line on
+    stderr and exit status 2, whatever stage it comes from."""
     try:
-        # Everything about the config is checked before the process group or any data.
-        cfg, warnings, _ = config_from_args(args)
+        prepared = prepare(args)
         ctx = init_distributed(args.device)
     except USER_ERRORS as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
     try:
-        out_dir = args.out or os.path.join('checkpoints', default_run_name(cfg))
-        run_experiment(copy.deepcopy(cfg), out_dir, ctx, resume=args.resume, workers=args.workers,
-                       nds_out=args.nds_out, warnings=warnings)
+        execute(args, prepared, ctx)
     except USER_ERRORS as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
     finally:
         cleanup_distributed()
     return 0
+
+
+def execute_run(args, prepared, ctx):
+    cfg, warnings, _ = prepared
+    out_dir = args.out or os.path.join('checkpoints', default_run_name(cfg))
+    run_experiment(copy.deepcopy(cfg), out_dir, ctx, resume=args.resume, workers=args.workers,
+                   nds_out=args.nds_out, warnings=warnings)
+
+
+def main(argv=None):
+    return run_cli(get_args_parser().parse_args(argv), config_from_args, execute_run)
 
 
 if __name__ == '__main__':

@@ -25,11 +25,9 @@ import torch
 
 from checkpoint import atomic_write_text, load_checkpoint, load_weights
 from config import ConfigError, attack_strengths, input_shape
-from distributed import cleanup_distributed, init_distributed
 from engine import ADVERSARIAL_TEST_ATTACKS, accuracy_under_attack
 from layers import Network
-from main import (EXIT_USER_ERROR, USER_ERRORS, build_loaders, config_from_args, run_experiment,
-                  seed_everything)
+from main import build_loaders, config_from_args, run_cli, run_experiment, seed_everything
 from outputs import RunOutputs
 
 MODELS = ('lif_clean', 'hosnn_clean', 'lif_ft', 'hosnn_ft')
@@ -185,28 +183,25 @@ def run_protocol(args, base, warnings, ctx):
     summary_outputs.close()
 
 
-def main(argv=None):
-    args = get_args_parser().parse_args(argv)
+def prepare(args):
     for flag in ('lif_epochs', 'hosnn_epochs', 'ft_epochs'):
         if getattr(args, flag) < 0:
-            print(f"error: --{flag.replace('_', '-')} must be >= 0", file=sys.stderr)
-            return EXIT_USER_ERROR
-    try:
-        base, warnings, _ = config_from_args(args)
-        if not base['ATTACK']['train']:
-            raise ConfigError("ATTACK.train is empty: the fine-tuning stages need an eps")
-        ctx = init_distributed(args.device)
-    except USER_ERRORS as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USER_ERROR
-    try:
-        run_protocol(args, base, warnings, ctx)
-    except USER_ERRORS as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USER_ERROR
-    finally:
-        cleanup_distributed()
-    return 0
+            raise ConfigError(f"--{flag.replace('_', '-')} must be >= 0")
+    base, warnings, _ = config_from_args(args)
+    if not base['ATTACK']['train']:
+        raise ConfigError("ATTACK.train is empty: the fine-tuning stages need an eps")
+    # The stages set model and ckpt_v themselves: the base config's NDS warning does not apply.
+    warnings = [w for w in warnings if 'Network.ckpt_v is null' not in w]
+    return base, warnings
+
+
+def execute(args, prepared, ctx):
+    base, warnings = prepared
+    run_protocol(args, base, warnings, ctx)
+
+
+def main(argv=None):
+    return run_cli(get_args_parser().parse_args(argv), prepare, execute)
 
 
 if __name__ == '__main__':
