@@ -18,8 +18,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from attack import ATTACKS
-from checkpoint import (CheckpointError, load_checkpoint, load_weights, remove_stale_temporaries,
-                        rng_states, set_rng_states)
+from checkpoint import CheckpointError, load_checkpoint, load_weights, rng_states, set_rng_states
 from config import (ConfigError, attack_strengths, config_path_for_dataset, input_shape, load_config,
                     train_epsilon)
 from datasets import DatasetNotFound, build_datasets
@@ -116,8 +115,6 @@ def run_experiment(cfg, out_dir, ctx, resume=False, workers=None, nds_out=None, 
     if resume:
         if not os.path.isfile(last_path):
             raise CheckpointError(f"--resume: '{last_path}' does not exist (nothing to resume)")
-        if ctx.is_main:
-            remove_stale_temporaries(out_dir)  # a kill during a save leaves one behind
         resume_state = load_checkpoint(last_path)
         load_weights(model_without_ddp, resume_state, last_path)
     elif default['ckpt'] is not None:
@@ -137,7 +134,8 @@ def run_experiment(cfg, out_dir, ctx, resume=False, workers=None, nds_out=None, 
             **NO_BUFFER_SYNC_PER_STEP)
 
     outputs = RunOutputs(out_dir, ctx, cfg,
-                         results=resume_state.get('results') if resume_state else None)
+                         results=resume_state.get('results') if resume_state else None,
+                         resume=resume)
     for warning in warnings:
         outputs.log(f"warning: {warning}")
     train_loader, test_loader, nds_loader = build_loaders(cfg, ctx, workers)

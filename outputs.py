@@ -9,12 +9,12 @@ import time
 import torch
 from tqdm import tqdm
 
-from checkpoint import atomic_write, atomic_write_text, save_checkpoint
+from checkpoint import atomic_write, atomic_write_text, remove_stale_temporaries, save_checkpoint
 from config import dump_config
 
 
 class RunOutputs:
-    def __init__(self, out_dir, ctx, config, results=None):
+    def __init__(self, out_dir, ctx, config, results=None, resume=False):
         self.out_dir = out_dir
         self.active = ctx.is_main
         self.results = results if results is not None else {
@@ -28,6 +28,8 @@ class RunOutputs:
         self.writer = None
         if self.active:
             os.makedirs(out_dir, exist_ok=True)
+            if resume:
+                remove_stale_temporaries(out_dir)  # a kill during a save leaves one behind
             atomic_write_text(os.path.join(out_dir, 'config.yaml'), dump_config(config))
             from torch.utils.tensorboard import SummaryWriter  # deferred: slow import
             self.writer = SummaryWriter(os.path.join(out_dir, 'tb'))
@@ -76,6 +78,10 @@ class RunOutputs:
             self.results['updated'] = time.strftime('%Y-%m-%d %H:%M:%S')
             atomic_write_text(os.path.join(self.out_dir, 'results.json'),
                               json.dumps(self.results, indent=1, default=float) + '\n')
+
+    def write_text(self, name, text):
+        if self.active:
+            atomic_write_text(os.path.join(self.out_dir, name), text)
 
     def save_checkpoint(self, name, model_without_ddp, epoch, **extra):
         if self.active:

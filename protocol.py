@@ -23,7 +23,7 @@ from fractions import Fraction
 
 import torch
 
-from checkpoint import atomic_write_text, load_checkpoint, load_weights
+from checkpoint import load_checkpoint, load_weights
 from config import ConfigError, attack_strengths, input_shape
 from engine import ADVERSARIAL_TEST_ATTACKS, accuracy_under_attack
 from layers import Network
@@ -145,7 +145,7 @@ def run_protocol(args, base, warnings, ctx):
     if args.resume and os.path.isfile(os.path.join(out_dir, 'results.json')):
         with open(os.path.join(out_dir, 'results.json')) as f:
             previous = json.load(f)
-    summary_outputs = RunOutputs(out_dir, ctx, base, results=previous)
+    summary_outputs = RunOutputs(out_dir, ctx, base, results=previous, resume=args.resume)
     summary_outputs.results.setdefault('stages', {})
     for warning in warnings:
         summary_outputs.log(f"warning: {warning}")
@@ -177,8 +177,7 @@ def run_protocol(args, base, warnings, ctx):
     summary_outputs.results.update(robustness=rows, table_markdown=table, nds_file=nds_path,
                                    finished=True)
     summary_outputs.write_results()
-    if ctx.is_main:
-        atomic_write_text(os.path.join(out_dir, 'table.md'), table + '\n')
+    summary_outputs.write_text('table.md', table + '\n')
     summary_outputs.log(f"\nLIF vs HoSNN, accuracy (%) on {rows[0]['n_samples']} test samples:\n{table}")
     summary_outputs.close()
 
