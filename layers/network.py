@@ -53,7 +53,8 @@ def layer_shapes(layers_cfg, input_shape):
 def unknown_layer_keys(layers_cfg):
     """``['Layers.name.key', ...]`` for keys no layer reads (published YAMLs carry some)."""
     return [f"Layers.{name}.{key}" for name, cfg in layers_cfg.items()
-            for key in cfg if key not in LAYER_KEYS.get(cfg.get('type'), cfg)]
+            if cfg.get('type') in LAYER_KEYS  # (an unknown type is an error of layer_shapes)
+            for key in cfg if key not in LAYER_KEYS[cfg['type']]]
 
 
 class Network(nn.Module):
