@@ -54,7 +54,9 @@ def fgsm(model, x, labels, eps, network_cfg, clamp=False):
     return _fgsm_step(model, x, labels, eps, network_cfg, _settings(network_cfg), clamp)
 
 
-def _iterative(model, x, labels, eps, network_cfg, clamp, steps, step_size):
+def iterative_attack(model, x, labels, eps, network_cfg, clamp, steps, step_size):
+    """``steps`` FGSM steps of ``step_size`` from ``x`` (no random start), each projected onto the
+    eps-ball around ``x`` and clamped: PGD and BIM as published, or stronger variants."""
     settings = _settings(network_cfg)
     x = x.detach()
     x_adv = x
@@ -67,12 +69,13 @@ def _iterative(model, x, labels, eps, network_cfg, clamp, steps, step_size):
 
 def pgd(model, x, labels, eps, network_cfg, clamp=False):
     """PGD as published: no random start, 7 steps of size ``eps/3``, projected and clamped."""
-    return _iterative(model, x, labels, eps, network_cfg, clamp, PGD_STEPS, eps / PGD_STEP_DIVISOR)
+    return iterative_attack(model, x, labels, eps, network_cfg, clamp, PGD_STEPS,
+                            eps / PGD_STEP_DIVISOR)
 
 
 def bim(model, x, labels, eps, network_cfg, clamp=False):
     """BIM: as PGD with 7 steps of size ``eps/7``."""
-    return _iterative(model, x, labels, eps, network_cfg, clamp, BIM_STEPS, eps / BIM_STEPS)
+    return iterative_attack(model, x, labels, eps, network_cfg, clamp, BIM_STEPS, eps / BIM_STEPS)
 
 
 def rfgsm(model, x, labels, eps, network_cfg, clamp=False):
