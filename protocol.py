@@ -8,7 +8,7 @@
        neuron, same training) and random +-eps sign noise              -> <out>/results.json
 
     torchrun --standalone --nproc_per_node=2 protocol.py -d 3 --out runs/fashionmnist \\
-        --lif-epochs 8 --hosnn-epochs 20 --ft-epochs 4
+        --lif-epochs 10 --hosnn-epochs 80 --ft-epochs 5
 
 Every stage is a normal run of main.py's code (checkpoints, results.json, TensorBoard in its
 directory). ``--resume`` skips finished stages and resumes an interrupted one.
