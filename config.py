@@ -10,9 +10,9 @@ from fractions import Fraction
 import yaml
 
 from layers import ConfigError, NetworkSettings, layer_shapes, read_nds_file, unknown_layer_keys
+from layers.network import PROJECT_ROOT, resolve_input_path
 from layers.config import get_bool, get_choice, get_number
 
-PROJECT_ROOT = os.path.dirname(os.path.abspath(__file__))
 DATASET_CONFIGS = {0: 'MNIST', 1: 'CIFAR10', 2: 'CIFAR100', 3: 'FashionMNIST', 4: 'SVHN'}
 SECTIONS = ('DEFAULT', 'Network', 'ATTACK', 'Layers')
 DTYPES = ('float32', 'float64')
@@ -90,15 +90,6 @@ def apply_overrides(cfg, overrides):
                 raise ConfigError(f"--set {text!r}: {'.'.join(path[:-1])} is not a section")
             node = node[key]
         node[path[-1]] = value
-
-
-def resolve_input_path(path):
-    """A file named in the config: relative to the current directory, else to the project root
-    (the published YAMLs say ``./spikedata/...``, meant from the repository root)."""
-    if path is None or os.path.isabs(path) or os.path.exists(path):
-        return path
-    candidate = os.path.join(PROJECT_ROOT, path)
-    return candidate if os.path.exists(candidate) else path
 
 
 def load_config(path, overrides=()):
