@@ -39,11 +39,6 @@ def _input_gradient(model, x, labels, settings):
     return grad
 
 
-def _settings(network_cfg):
-    return network_cfg if isinstance(network_cfg, NetworkSettings) else \
-        NetworkSettings.from_config(network_cfg)
-
-
 def _fgsm_step(model, x, labels, eps, network_cfg, settings, clamp):
     grad = _input_gradient(model, x, labels, settings)
     return _clamp(x.detach() + eps * grad.sign(), network_cfg, clamp)
@@ -51,13 +46,13 @@ def _fgsm_step(model, x, labels, eps, network_cfg, settings, clamp):
 
 def fgsm(model, x, labels, eps, network_cfg, clamp=False):
     """FGSM: ``x + eps * sign(grad)``, then clamp."""
-    return _fgsm_step(model, x, labels, eps, network_cfg, _settings(network_cfg), clamp)
+    return _fgsm_step(model, x, labels, eps, network_cfg, NetworkSettings.of(network_cfg), clamp)
 
 
 def iterative_attack(model, x, labels, eps, network_cfg, clamp, steps, step_size):
     """``steps`` FGSM steps of ``step_size`` from ``x`` (no random start), each projected onto the
     eps-ball around ``x`` and clamped: PGD and BIM as published, or stronger variants."""
-    settings = _settings(network_cfg)
+    settings = NetworkSettings.of(network_cfg)
     x = x.detach()
     x_adv = x
     for _ in range(steps):
@@ -82,8 +77,8 @@ def rfgsm(model, x, labels, eps, network_cfg, clamp=False):
     """R-FGSM: a random ``eps/2`` sign step, then an FGSM step of the remaining ``eps - eps/2``."""
     alpha = eps / 2
     x_start = x.detach() + alpha * torch.randn_like(x).sign()
-    return _fgsm_step(model, x_start, labels, eps - alpha, network_cfg, _settings(network_cfg),
-                      clamp)
+    return _fgsm_step(model, x_start, labels, eps - alpha, network_cfg,
+                      NetworkSettings.of(network_cfg), clamp)
 
 
 def gaussian_noise(model, x, labels, eps, network_cfg, clamp=False):

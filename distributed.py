@@ -77,20 +77,6 @@ def all_reduce_sum(ctx, values):
     return tensor
 
 
-def barrier(ctx):
-    if ctx.distributed:
-        dist.barrier()
-
-
-def broadcast_object(ctx, obj):
-    """Rank 0's ``obj`` on every rank."""
-    if not ctx.distributed:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
 class ShardSampler(torch.utils.data.Sampler):
     """Evaluation sampler: rank r takes samples r, r + world, r + 2*world, ... in order. Unlike
     DistributedSampler it never pads, so every sample is counted exactly once (SPEC §7 fix)."""

@@ -2,27 +2,8 @@
 import torch
 import torch.nn.functional as F
 
-from .config import ConfigError
 from .neuron import psp
-
-
-def desired_pattern(n_steps):
-    """The desired spike pattern of the kernel loss for the label's output neuron."""
-    if n_steps < 10:
-        base = [0, 1, 1, 1, 1]
-    else:
-        base = [0, 1, 0, 1, 0, 1, 0, 1, 0, 1]
-    if n_steps % len(base):
-        raise ConfigError(f"Network.n_steps={n_steps} cannot be tiled by the kernel loss's desired "
-                          f"pattern of length {len(base)} (use 5, or a multiple of 10)")
-    return base * (n_steps // len(base))
-
-
-def _settings(network_cfg):
-    from .settings import NetworkSettings
-    if isinstance(network_cfg, NetworkSettings):
-        return network_cfg
-    return NetworkSettings.from_config(network_cfg)
+from .settings import NetworkSettings, desired_pattern
 
 
 def kernel_target(labels, n_class, n_steps, tau_s, dtype):
@@ -45,7 +26,7 @@ def filtered_kernel_target(labels, settings, dtype):
 def compute_loss(out, labels, network_cfg):
     """The training loss: ``kernel`` (0.5 * squared error against the filtered target) or
     ``softmax`` (cross-entropy of the time-averaged output)."""
-    settings = _settings(network_cfg)
+    settings = NetworkSettings.of(network_cfg)
     if settings.loss == 'kernel':
         target = filtered_kernel_target(labels, settings, out.dtype)
         return 0.5 * torch.sum((out - target) ** 2)
@@ -55,7 +36,7 @@ def compute_loss(out, labels, network_cfg):
 def attack_loss(out, labels, network_cfg):
     """The loss the attacks ascend (SPEC §6): softmax models use the softmax loss, kernel models
     the cross-entropy of the output (class dim 1) against the filtered target as probabilities."""
-    settings = _settings(network_cfg)
+    settings = NetworkSettings.of(network_cfg)
     if settings.loss == 'kernel':
         return F.cross_entropy(out, filtered_kernel_target(labels, settings, out.dtype))
     return F.cross_entropy(out.mean(-1).flatten(1), labels)

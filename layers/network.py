@@ -120,9 +120,6 @@ class Network(nn.Module):
         out = h.flatten(2).permute(1, 2, 0)  # [T, B, N] -> [B, N, T]
         return out[:, :, None, None, :], nds
 
-    def spiking_layers(self):
-        return [layer for layer in self.layers if getattr(layer, 'spiking', False)]
-
     @torch.no_grad()
     def weight_clipper(self):
         """After every optimiser step: conv/linear weights to [-4, 4], ``theta_v >= 0``."""

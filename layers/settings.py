@@ -25,6 +25,11 @@ class NetworkSettings:
         return self.model == 'ALIF'
 
     @classmethod
+    def of(cls, network_cfg):
+        """``network_cfg`` as settings: parsed if it is the YAML's ``Network`` dict."""
+        return network_cfg if isinstance(network_cfg, cls) else cls.from_config(network_cfg)
+
+    @classmethod
     def from_config(cls, cfg, where='Network'):
         if not isinstance(cfg, dict):
             raise ConfigError(f"{where} must be a mapping, got {type(cfg).__name__}")
@@ -46,6 +51,17 @@ class NetworkSettings:
         if settings.ckpt_v is not None and not isinstance(settings.ckpt_v, str):
             raise ConfigError(f"{where}.ckpt_v must be a file path or null, got {settings.ckpt_v!r}")
         if settings.loss == 'kernel':
-            from .loss import desired_pattern
             desired_pattern(settings.n_steps)  # raises if n_steps cannot be tiled
         return settings
+
+
+def desired_pattern(n_steps):
+    """The desired spike pattern of the kernel loss for the label's output neuron."""
+    if n_steps < 10:
+        base = [0, 1, 1, 1, 1]
+    else:
+        base = [0, 1, 0, 1, 0, 1, 0, 1, 0, 1]
+    if n_steps % len(base):
+        raise ConfigError(f"Network.n_steps={n_steps} cannot be tiled by the kernel loss's desired "
+                          f"pattern of length {len(base)} (use 5, or a multiple of 10)")
+    return base * (n_steps // len(base))

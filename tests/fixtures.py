@@ -47,6 +47,16 @@ def _colour_images(rng, labels, n_classes, size=32):
     return np.clip(colours[labels][:, None, None, :] + noise, 0, 255).astype(np.uint8)
 
 
+def _colour_splits(seed, n_train, n_test, n_classes):
+    """{'train': (images, labels), 'test': ...} of colour images, drawn in that order."""
+    rng = np.random.default_rng(seed)
+    result = {}
+    for split, n in (('train', n_train), ('test', n_test)):
+        labels = _labels(rng, n, n_classes)
+        result[split] = (_colour_images(rng, labels, n_classes), labels)
+    return result
+
+
 def _write_idx(path, array, gz):
     """idx format: 0, 0, type code 0x08 (uint8), ndim, big-endian int32 sizes, data."""
     header = bytes([0, 0, 0x08, array.ndim]) + np.array(array.shape, dtype='>i4').tobytes()
@@ -87,11 +97,7 @@ def write_cifar10(directory, n_train, n_test, seed=0):
     """
     folder = os.path.join(directory, 'cifar-10-batches-py')
     os.makedirs(folder, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    result = {}
-    for split, n in (('train', n_train), ('test', n_test)):
-        labels = _labels(rng, n, 10)
-        result[split] = (_colour_images(rng, labels, 10), labels)
+    result = _colour_splits(seed, n_train, n_test, 10)
     images, labels = result['train']
     for i, index in enumerate(np.array_split(np.arange(n_train), 5), start=1):
         _pickle(os.path.join(folder, f'data_batch_{i}'), {
@@ -113,16 +119,12 @@ def write_cifar100(directory, n_train, n_test, seed=0):
     """
     folder = os.path.join(directory, 'cifar-100-python')
     os.makedirs(folder, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    result = {}
-    for split, n in (('train', n_train), ('test', n_test)):
-        labels = _labels(rng, n, 100)
-        images = _colour_images(rng, labels, 100)
+    result = _colour_splits(seed, n_train, n_test, 100)
+    for split, (images, labels) in result.items():
         _pickle(os.path.join(folder, split), {
             'batch_label': f'{split}ing batch 1 of 1', 'fine_labels': labels.tolist(),
             'coarse_labels': (labels // 5).tolist(), 'data': _cifar_rows(images),
-            'filenames': [f'{split}_{j}.png' for j in range(n)]})
-        result[split] = (images, labels)
+            'filenames': [f'{split}_{j}.png' for j in range(len(labels))]})
     _pickle(os.path.join(folder, 'meta'), {'fine_label_names': [f'class_{c}' for c in range(100)],
                                            'coarse_label_names': [f'superclass_{c}' for c in range(20)]})
     return result
@@ -136,12 +138,8 @@ def write_svhn(directory, n_train, n_test, seed=0):
     """
     from scipy.io import savemat
     os.makedirs(directory, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    result = {}
-    for split, n in (('train', n_train), ('test', n_test)):
-        labels = _labels(rng, n, 10)
-        images = _colour_images(rng, labels, 10)
+    result = _colour_splits(seed, n_train, n_test, 10)
+    for split, (images, labels) in result.items():
         savemat(os.path.join(directory, f'{split}_32x32.mat'),
                 {'X': images.transpose(1, 2, 3, 0), 'y': np.where(labels == 0, 10, labels).astype(np.uint8)[:, None]})
-        result[split] = (images, labels)
     return result
