@@ -11,7 +11,7 @@ import yaml
 
 from layers import ConfigError, NetworkSettings, layer_shapes, read_nds_file, unknown_layer_keys
 from layers.network import PROJECT_ROOT, resolve_input_path
-from layers.config import get_bool, get_choice, get_number
+from layers.config_keys import get_bool, get_choice, get_number
 
 DATASET_CONFIGS = {0: 'MNIST', 1: 'CIFAR10', 2: 'CIFAR100', 3: 'FashionMNIST', 4: 'SVHN'}
 SECTIONS = ('DEFAULT', 'Network', 'ATTACK', 'Layers')

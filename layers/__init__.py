@@ -1,5 +1,5 @@
 """Spiking layers, the network builder and the losses of HoSNN."""
-from .config import ConfigError
+from .config_keys import ConfigError
 from .loss import attack_loss, compute_loss, predict
 from .network import Network, layer_shapes, read_nds_file, unknown_layer_keys
 from .neuron import psp

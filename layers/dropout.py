@@ -1,7 +1,7 @@
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .config import ConfigError, get_number
+from .config_keys import ConfigError, get_number
 
 
 class DropoutLayer(nn.Module):

@@ -4,7 +4,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .config import ConfigError, get_number
+from .config_keys import ConfigError, get_number
 from .spiking import SpikingLayer
 
 

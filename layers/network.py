@@ -4,7 +4,7 @@ import os
 import torch
 import torch.nn as nn
 
-from .config import ConfigError, get_choice
+from .config_keys import ConfigError, get_choice
 from .conv import ConvLayer, conv_output_shape
 from .dropout import DropoutLayer
 from .linear import LinearLayer, linear_output_shape

@@ -2,7 +2,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .config import ConfigError, get_number, get_pair
+from .config_keys import ConfigError, get_number, get_pair
 
 DEFAULT_THETA = 1.1
 

@@ -1,7 +1,7 @@
 """The neuron- and loss-related keys of the YAML ``Network`` section, parsed once."""
 from dataclasses import dataclass
 
-from .config import ConfigError, get_bool, get_choice, get_number
+from .config_keys import ConfigError, get_bool, get_choice, get_number
 
 MODELS = ('LIF', 'ALIF')
 LOSSES = ('kernel', 'softmax')
