@@ -24,6 +24,10 @@ class SpikingLayer(nn.Module):
         self.adaptive = adaptive
         self.register_parameter('theta_v', None)
         self.register_buffer('target_train', None)
+        # Another gradient rule for this layer's neuron (e.g. layers/bptt.py's exact BPTT, set by
+        # its context manager), or None for the published surrogate backward. A plain attribute:
+        # not in the state dict. It must take spike()'s arguments and return what spike() does.
+        self.gradient_path = None
 
     def init_neuron(self, settings, random_nds):
         """Create the TA-LIF state; called after the weights so that the RNG order is the same
@@ -39,6 +43,9 @@ class SpikingLayer(nn.Module):
         """``current`` ``[T, B, *neuron_shape]`` -> ``(trace, batch-mean membrane or None)``."""
         if not self.spiking:
             return current, None
+        if self.gradient_path is not None:
+            return self.gradient_path(current, self.theta_v, self.target_train, self.tau_m,
+                                      self.tau_s, self.threshold, record_nds)
         return spike(current, self.theta_v, self.target_train, self.tau_m, self.tau_s,
                      self.threshold, record_nds)
 
