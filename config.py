@@ -10,8 +10,8 @@ from fractions import Fraction
 import yaml
 
 from layers import ConfigError, NetworkSettings, layer_shapes, read_nds_file, unknown_layer_keys
-from layers.network import PROJECT_ROOT, resolve_input_path
 from layers.config_keys import get_bool, get_choice, get_number
+from paths import PROJECT_ROOT, resolve_input_path
 
 DATASET_CONFIGS = {0: 'MNIST', 1: 'CIFAR10', 2: 'CIFAR100', 3: 'FashionMNIST', 4: 'SVHN'}
 SECTIONS = ('DEFAULT', 'Network', 'ATTACK', 'Layers')

@@ -14,7 +14,6 @@ from .settings import NetworkSettings
 
 LAYER_TYPES = ('conv', 'linear', 'pooling', 'dropout')
 OUTPUT_LAYER = 'output'
-PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Keys each layer type reads; anything else is reported by check_layer_keys().
 LAYER_KEYS = {
     'conv': {'type', 'in_channels', 'out_channels', 'kernel_size', 'padding', 'stride', 'dilation',
@@ -156,20 +155,9 @@ class Network(nn.Module):
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
 
-def resolve_input_path(path):
-    """A file named in a config: relative to the current directory, else to the project root
-    (the published YAMLs say ``./spikedata/...``, meant from the repository root)."""
-    if path is None or os.path.isabs(path) or os.path.exists(path):
-        return path
-    candidate = os.path.join(PROJECT_ROOT, path)
-    return candidate if os.path.exists(candidate) else path
-
-
 def read_nds_file(path):
-    """``{layer_name: tensor}`` from an NDS file (tensors only; mapped to the CPU). A relative
-    path is looked up in the current directory, then in the project root (the published YAMLs
-    say ``./spikedata/...``)."""
-    path = resolve_input_path(path)
+    """``{layer_name: tensor}`` from an NDS file (tensors only; mapped to the CPU). The path is
+    used as given: the config loader has already resolved it (``paths.resolve_input_path``)."""
     if not os.path.isfile(path):
         raise ConfigError(f"Network.ckpt_v: NDS file '{path}' does not exist")
     try:
