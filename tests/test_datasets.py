@@ -1,5 +1,6 @@
 """datasets/: the five data sets load from files in their real formats, with the published
 transforms, exactly torchvision's normalisation, subsetting, and helpful errors."""
+import dataclasses
 import gzip
 import os
 import shutil
@@ -52,6 +53,11 @@ def check_split(name, dataset, images, labels, augmented):
             assert torch.equal(image, reference(name, images[i]))
     batch_images, batch_labels = next(iter(DataLoader(dataset, batch_size=4)))
     assert batch_images.shape == (4,) + INPUT_SHAPES[name] and batch_labels.dtype == torch.int64
+
+
+def without_system_copies(monkeypatch):
+    monkeypatch.setattr(datasets, 'DATASETS', {name: dataclasses.replace(spec, system_copies=())
+                                               for name, spec in datasets.DATASETS.items()})
 
 
 @pytest.fixture
@@ -174,21 +180,21 @@ def test_bad_arguments(tmp_path, samples):
 
 @pytest.mark.parametrize('name', NAMES)
 def test_missing_data_without_download(tmp_path, name, monkeypatch, offline):
-    monkeypatch.setattr(datasets, 'SYSTEM_COPIES', {})  # this machine may hold Fashion-MNIST
+    without_system_copies(monkeypatch)  # this machine may hold Fashion-MNIST
     data_path = str(tmp_path / 'data')
     with pytest.raises(DatasetNotFound) as info:
         build_datasets(name, data_path, download=False)
     message = str(info.value)
     assert offline == []
     assert name in message and data_path in message and 'download=False' in message
-    for file_name in datasets._LAYOUT[name][1]:
+    for file_name in datasets.DATASETS[name].files:
         assert (file_name + '.gz' if name in ('MNIST', 'FashionMNIST') else file_name) in message
     assert not os.path.exists(data_path)  # nothing written
 
 
 @pytest.mark.parametrize('name', NAMES)
 def test_missing_data_with_failing_download(tmp_path, name, monkeypatch, offline):
-    monkeypatch.setattr(datasets, 'SYSTEM_COPIES', {})
+    without_system_copies(monkeypatch)
     start = time.perf_counter()
     with pytest.raises(DatasetNotFound, match='no network') as info:
         build_datasets(name, tmp_path, download=True)
