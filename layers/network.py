@@ -9,6 +9,7 @@ from .conv import ConvLayer, conv_output_shape
 from .dropout import DropoutLayer
 from .linear import LinearLayer, linear_output_shape
 from .neuron import psp
+from .neuron_registry import OUTPUT_NEURON
 from .pooling import PoolingLayer, pooling_output_shape
 from .settings import NetworkSettings
 
@@ -50,6 +51,17 @@ def layer_shapes(layers_cfg, input_shape):
     return plan
 
 
+def output_neuron(settings):
+    """The output layer's neuron: plain LIF in every published model, none for the softmax
+    read-out (the linear output itself)."""
+    return None if settings.loss == 'softmax' else OUTPUT_NEURON
+
+
+def output_batch_norm(settings):
+    """The published code puts BatchNorm on the output layer only for kernel-loss LIF networks."""
+    return settings.is_bn and settings.loss == 'kernel' and not settings.neuron.adaptive
+
+
 def unknown_layer_keys(layers_cfg):
     """``['Layers.name.key', ...]`` for keys no layer reads (published YAMLs carry some)."""
     return [f"Layers.{name}.{key}" for name, cfg in layers_cfg.items()
@@ -84,16 +96,12 @@ class Network(nn.Module):
             cfg = layers_cfg[name]
             is_output = name == OUTPUT_LAYER
             if kind == 'conv':
-                layer = ConvLayer(name, cfg, shape, settings, adaptive=settings.adaptive)
+                layer = ConvLayer(name, cfg, shape, settings, settings.neuron)
             elif kind == 'linear':
                 layer = LinearLayer(
                     name, cfg, shape, settings,
-                    adaptive=settings.adaptive and not is_output,
-                    # The softmax read-out is the plain linear output.
-                    spiking=not (is_output and settings.loss == 'softmax'),
-                    # The published code puts BN on the output only for kernel-loss LIF nets.
-                    batch_norm=settings.is_bn and (not is_output or (
-                        settings.loss == 'kernel' and settings.model == 'LIF')))
+                    output_neuron(settings) if is_output else settings.neuron,
+                    batch_norm=output_batch_norm(settings) if is_output else settings.is_bn)
             elif kind == 'pooling':
                 layer = PoolingLayer(name, cfg, shape)
             else:

@@ -34,18 +34,6 @@ def psp(x, tau_s):
     return torch.stack(out)
 
 
-def trace_kernel(n_steps, tau_s, dtype, device):
-    """M[t, t'] = P[t' - t] = (1/tau_s)(1 - 1/tau_s)^(t'-t) for t' >= t, else 0.
-
-    dL/ds_t = sum_t' M[t, t'] dL/dy_t'  (how a spike at t feeds every later trace value).
-    The backward applies M as the recurrence of :func:`trace_backward`; this explicit form is kept
-    for reference and tests."""
-    steps = torch.arange(n_steps, device=device)
-    lag = steps[None, :] - steps[:, None]
-    decay = (1 - 1 / tau_s) ** lag.clamp(min=0).to(dtype)
-    return torch.where(lag >= 0, decay / tau_s, torch.zeros((), dtype=dtype, device=device))
-
-
 def trace_backward(grad_traces, tau_s):
     """``A_t = sum_{t' >= t} P[t' - t] G_t'`` with ``P[k] = (1/tau_s)(1 - 1/tau_s)^k`` (SPEC §4),
     computed backwards in time as ``A_t = G_t/tau_s + (1 - 1/tau_s) A_{t+1}`` (a ``lerp``)."""

@@ -1,10 +1,16 @@
 """The neuron- and loss-related keys of the YAML ``Network`` section, parsed once."""
 from dataclasses import dataclass
 
-from .config_keys import ConfigError, get_bool, get_choice, get_number
+from .config_keys import ConfigError, get_bool, get_choice, get_number, show
+from .neuron_registry import NEURONS
 
-MODELS = ('LIF', 'ALIF')
+MODELS = tuple(NEURONS)
 LOSSES = ('kernel', 'softmax')
+# Far beyond the 5 steps of every published model; a forward pass loops over the steps in Python,
+# so a much longer run is hours per epoch (and its NDS [*shape, T] gigabytes).
+MAX_N_STEPS = 1000
+# theta_v starts at 1/tau_v: keep it a sane float32 number.
+MIN_TAU_V = 1e-6
 
 
 @dataclass(frozen=True)
@@ -21,8 +27,13 @@ class NetworkSettings:
     ckpt_v: str = None
 
     @property
+    def neuron(self):
+        """The ``neuron_registry.NEURONS`` entry of ``model``."""
+        return NEURONS[self.model]
+
+    @property
     def adaptive(self):
-        return self.model == 'ALIF'
+        return self.neuron.adaptive
 
     @classmethod
     def of(cls, network_cfg):
@@ -35,24 +46,43 @@ class NetworkSettings:
             raise ConfigError(f"{where} must be a mapping, got {type(cfg).__name__}")
         model = get_choice(cfg, 'model', where, MODELS, default='LIF')
         settings = cls(
-            n_steps=get_number(cfg, 'n_steps', where, positive=True, integer=True),
-            tau_m=get_number(cfg, 'tau_m', where, positive=True),
-            tau_s=get_number(cfg, 'tau_s', where, positive=True),
+            n_steps=get_number(cfg, 'n_steps', where, positive=True, integer=True,
+                               maximum=MAX_N_STEPS),
+            tau_m=time_constant(cfg, 'tau_m', where),
+            tau_s=time_constant(cfg, 'tau_s', where),
             model=model,
             # Published YAMLs carry tau_v for LIF runs too; only ALIF needs it.
-            tau_v=(get_number(cfg, 'tau_v', where, positive=True) if model == 'ALIF'
-                   else cfg.get('tau_v')),
+            tau_v=(get_number(cfg, 'tau_v', where, positive=True, minimum=MIN_TAU_V)
+                   if NEURONS[model].adaptive else cfg.get('tau_v')),
             is_bn=get_bool(cfg, 'is_bn', where),
             loss=get_choice(cfg, 'loss', where, LOSSES),
             n_class=get_number(cfg, 'n_class', where, positive=True, integer=True),
             save_target=get_bool(cfg, 'save_target', where),
-            ckpt_v=cfg.get('ckpt_v') or None,
+            ckpt_v=nds_path(cfg, where),
         )
-        if settings.ckpt_v is not None and not isinstance(settings.ckpt_v, str):
-            raise ConfigError(f"{where}.ckpt_v must be a file path or null, got {settings.ckpt_v!r}")
         if settings.loss == 'kernel':
             desired_pattern(settings.n_steps)  # raises if n_steps cannot be tiled
         return settings
+
+
+def time_constant(cfg, key, where):
+    """``tau_m`` / ``tau_s``: the neuron decays by ``1 - 1/tau`` per time step (SPEC §2, §4), which
+    is a decay only for ``tau >= 1`` (below, the membrane or trace flips sign every step)."""
+    tau = get_number(cfg, key, where, positive=True)
+    if tau < 1:
+        raise ConfigError(f"{where}.{key} must be >= 1 (the per-step decay 1 - 1/{key} must lie in "
+                          f"[0, 1)), got {show(tau)}")
+    return tau
+
+
+def nds_path(cfg, where):
+    """``ckpt_v``: a file path, or null (also an absent key or an empty string)."""
+    path = cfg.get('ckpt_v')
+    if path is None or path == '':
+        return None
+    if not isinstance(path, str) or '\0' in path:
+        raise ConfigError(f"{where}.ckpt_v must be a file path or null, got {show(path)}")
+    return path
 
 
 def desired_pattern(n_steps):

@@ -1,51 +1,44 @@
-"""What conv and linear layers share: the LIF / TA-LIF neuron and its state-dict entries."""
-import torch
+"""What conv and linear layers share: the spiking neuron and its state-dict entries."""
 import torch.nn as nn
 
-from .neuron import spike
+from .neuron_registry import BACKWARDS
 
 
 class SpikingLayer(nn.Module):
     """Base of the weighted layers. ``neuron_shape`` is the layer's output shape ``[C, H, W]``
-    (``[N, 1, 1]`` for linear layers).
+    (``[N, 1, 1]`` for linear layers); ``neuron`` a ``neuron_registry.NEURONS`` entry, or None
+    for no neuron (the softmax read-out).
 
     TA-LIF layers (``model: ALIF``, every spiking layer but ``output``) own ``theta_v`` (trainable,
     initialised to ``1/tau_v``) and ``target_train``, the NDS: a buffer, so that it is saved and
     loaded with the state dict but never trained or decayed (SPEC §4 fix).
     """
 
-    def __init__(self, name, neuron_shape, threshold, settings, spiking=True, adaptive=False):
+    def __init__(self, name, neuron_shape, threshold, settings, neuron):
         super().__init__()
         self.name = name
         self.neuron_shape = tuple(neuron_shape)
-        self.threshold = float(threshold) if spiking else None
-        self.spiking = spiking
+        self.neuron = neuron
+        self.threshold = float(threshold) if neuron is not None else None
         self.tau_m, self.tau_s = settings.tau_m, settings.tau_s
-        self.adaptive = adaptive
         self.register_parameter('theta_v', None)
         self.register_buffer('target_train', None)
         # Another gradient rule for this layer's neuron (e.g. layers/bptt.py's exact BPTT, set by
-        # its context manager), or None for the published surrogate backward. A plain attribute:
+        # its context manager), or None for the neuron type's own backward. A plain attribute:
         # not in the state dict. It must take spike()'s arguments and return what spike() does.
         self.gradient_path = None
 
     def init_neuron(self, settings, random_nds):
-        """Create the TA-LIF state; called after the weights so that the RNG order is the same
+        """Create the neuron's state; called after the weights so that the RNG order is the same
         for every layer type."""
-        if not self.adaptive:
-            return
-        self.theta_v = nn.Parameter(torch.full(self.neuron_shape, 1 / settings.tau_v))
-        nds_shape = self.neuron_shape + (settings.n_steps,)
-        nds = torch.rand(nds_shape) if random_nds else torch.full(nds_shape, 0.5)
-        self.target_train = nds
+        if self.neuron is not None:
+            self.neuron.init_state(self, settings, random_nds)
 
     def fire(self, current, record_nds):
         """``current`` ``[T, B, *neuron_shape]`` -> ``(trace, batch-mean membrane or None)``."""
-        if not self.spiking:
+        if self.neuron is None:
             return current, None
-        if self.gradient_path is not None:
-            return self.gradient_path(current, self.theta_v, self.target_train, self.tau_m,
-                                      self.tau_s, self.threshold, record_nds)
+        spike = self.gradient_path or BACKWARDS[self.neuron.backward].spike
         return spike(current, self.theta_v, self.target_train, self.tau_m, self.tau_s,
                      self.threshold, record_nds)
 
@@ -56,5 +49,5 @@ class SpikingLayer(nn.Module):
             self.theta_v.clamp_(min=0)
 
     def extra_repr(self):
-        kind = 'TA-LIF' if self.adaptive else ('LIF' if self.spiking else 'no neuron')
+        kind = self.neuron.title if self.neuron is not None else 'no neuron'
         return f"name={self.name!r}, out={list(self.neuron_shape)}, {kind}, threshold={self.threshold}"

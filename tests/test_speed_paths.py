@@ -10,6 +10,17 @@ from layers.pooling import WindowSum
 RTOL, ATOL = 1e-10, 1e-12
 
 
+def trace_kernel(n_steps, tau_s, dtype, device):
+    """M[t, t'] = P[t' - t] = (1/tau_s)(1 - 1/tau_s)^(t'-t) for t' >= t, else 0.
+
+    dL/ds_t = sum_t' M[t, t'] dL/dy_t'  (how a spike at t feeds every later trace value).
+    neuron.trace_backward applies M as a recurrence; this explicit form is the reference."""
+    steps = torch.arange(n_steps, device=device)
+    lag = steps[None, :] - steps[:, None]
+    decay = (1 - 1 / tau_s) ** lag.clamp(min=0).to(dtype)
+    return torch.where(lag >= 0, decay / tau_s, torch.zeros((), dtype=dtype, device=device))
+
+
 class ReferenceSpike(torch.autograd.Function):
     """SPEC §4 written out literally (the first implementation of layers/neuron.py)."""
 
@@ -43,7 +54,7 @@ class ReferenceSpike(torch.autograd.Function):
     def backward(ctx, grad_traces, _):
         surrogate, mean_error = ctx.saved_tensors
         n_steps = surrogate.shape[0]
-        kernel = neuron.trace_kernel(n_steps, ctx.tau_s, grad_traces.dtype, grad_traces.device)
+        kernel = trace_kernel(n_steps, ctx.tau_s, grad_traces.dtype, grad_traces.device)
         grad_current = (kernel @ grad_traces.reshape(n_steps, -1)).view_as(grad_traces) * surrogate
         grad_theta_v = None
         if ctx.adaptive:
@@ -107,7 +118,7 @@ def test_neuron_non_contiguous_output_grad():
 
 def test_trace_backward_is_the_kernel_product():
     grad = torch.randn(7, 3, 4, dtype=torch.float64)
-    kernel = neuron.trace_kernel(7, 3.0, torch.float64, 'cpu')
+    kernel = trace_kernel(7, 3.0, torch.float64, 'cpu')
     expected = (kernel @ grad.reshape(7, -1)).view_as(grad)
     torch.testing.assert_close(neuron.trace_backward(grad, 3.0), expected, rtol=RTOL, atol=ATOL)
 
