@@ -2,7 +2,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .config_keys import ConfigError, get_number, get_pair
+from .config_keys import MAX_SCALE, ConfigError, check_elements, get_number, get_pair
 
 DEFAULT_THETA = 1.1
 
@@ -52,11 +52,13 @@ def pooling_output_shape(cfg, in_shape, where):
     kernel = get_pair(cfg, 'kernel_size', where, minimum=1)
     stride = get_pair(cfg, 'stride', where, default=kernel, minimum=1)
     padding = get_pair(cfg, 'padding', where, default=0)
-    get_number(cfg, 'theta', where, default=DEFAULT_THETA)
+    get_number(cfg, 'theta', where, default=DEFAULT_THETA, positive=True, maximum=MAX_SCALE)
     size = [(n + 2 * p - k) // s + 1 for n, k, p, s in zip(in_shape[1:], kernel, padding, stride)]
     if min(size) < 1:
         raise ConfigError(f"{where}: kernel_size {list(kernel)} does not fit the input "
                           f"{list(in_shape[1:])}")
+    check_elements(where, f"the output {[in_shape[0], *size]} of one sample and time step",
+                   in_shape[0] * size[0] * size[1])
     return (in_shape[0], *size)
 
 
