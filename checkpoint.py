@@ -1,6 +1,9 @@
 """Checkpoints in the released format ``{'net': state_dict (keys 'module.*'), 'epoch': int}`` -- so the
 published code can read ours -- plus what resuming needs (optimiser, scheduler, RNG states, the
-resolved config, the best accuracy). Written atomically; read with ``weights_only=True``."""
+resolved config, the best accuracy). Written atomically; read with ``weights_only=True``; a
+checkpoint holding NaN/Inf weights is neither written nor read."""
+import errno
+import io
 import os
 import pickle
 import random
@@ -10,28 +13,104 @@ import numpy as np
 import torch
 
 RELEASED_PREFIX = 'module.'
+RESUME_KEYS = ('optimizer', 'scheduler', 'rng', 'best')  # what save_checkpoint adds for --resume
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be used; the message names the file."""
 
 
-def atomic_write(path, write):
-    """Call ``write(file_object)`` on a temporary file next to ``path`` and rename it into place,
-    so a crash never leaves a half-written ``path``."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix='.' + os.path.basename(path) + '.', suffix='.tmp')
+class OutputError(CheckpointError):
+    """A run output (checkpoint, results, the run directory) that cannot be written: full disk,
+    read-only file system, a path through a file, no permission. A user error (exit status 2),
+    like every CheckpointError; the message is one line naming the path."""
+
+
+def first_line(exc):
+    """The first line of an exception's message, or its type when the message is empty
+    (``torch.load`` of a zero-byte file raises ``EOFError('')``)."""
+    lines = str(exc).strip().splitlines()
+    return lines[0][:200] if lines else type(exc).__name__
+
+
+def _blocking_file(path):
+    """The first existing component of ``path`` (walking up) that is not a directory, or None."""
+    path = os.path.abspath(path)
+    while True:
+        if os.path.lexists(path):
+            return None if os.path.isdir(path) else path
+        parent = os.path.dirname(path)
+        if parent == path:
+            return None
+        path = parent
+
+
+def output_error(exc, path):
+    """Translate an OSError raised while creating or writing ``path`` into a one-line
+    OutputError naming the path (a full disk, a read-only mount, a file in the way, ...)."""
+    directory = os.path.dirname(os.path.abspath(path)) or '/'
+    code = getattr(exc, 'errno', None)
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        return OutputError(f"no space left on {directory} (writing '{path}')")
+    if code == errno.EROFS:
+        return OutputError(f"{directory} is on a read-only file system (writing '{path}')")
+    if code in (errno.ENOTDIR, errno.EEXIST):
+        blocker = _blocking_file(path)
+        if blocker is not None:
+            return OutputError(f"'{blocker}' is a file, not a directory (writing '{path}')")
+    if code in (errno.EACCES, errno.EPERM):
+        return OutputError(f"no permission to write in {directory} (writing '{path}')")
+    if code == errno.EISDIR:
+        return OutputError(f"'{path}' is a directory")
+    return OutputError(f"cannot write '{path}': {getattr(exc, 'strerror', None) or first_line(exc)}")
+
+
+def current_umask():
+    """The process umask, read without changing it where /proc allows (os.umask sets it, which
+    would race with threads creating files, e.g. TensorBoard's writer)."""
     try:
+        with open('/proc/self/status') as f:
+            for line in f:
+                if line.startswith('Umask:'):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write(path, write):
+    """Call ``write(file_object)`` and put the bytes at ``path`` through a temporary file next to
+    it and a rename, so a crash or a full disk never leaves a half-written ``path`` and never
+    replaces a good one. The bytes are produced in memory first: torch.save streaming into a
+    file on a full disk fails with an opaque zip-writer error, plain writes with ENOSPC. The
+    file gets the permissions of a normal ``open()`` (0o666 & ~umask), not mkstemp's 0o600.
+    Any OSError becomes a one-line OutputError naming the path."""
+    buffer = io.BytesIO()
+    write(buffer)
+    data = buffer.getbuffer()
+    directory = os.path.dirname(os.path.abspath(path))
+    tmp = None
+    try:
+        os.makedirs(directory, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix='.' + os.path.basename(path) + '.',
+                                   suffix='.tmp')
         with os.fdopen(fd, 'wb') as f:
-            write(f)
+            os.fchmod(f.fileno(), 0o666 & ~current_umask())
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+        tmp = None
+    except OSError as exc:
+        raise output_error(exc, path) from None
+    finally:
+        if tmp is not None and os.path.exists(tmp):
+            try:
+                os.remove(tmp)
+            except OSError:
+                pass  # the original error matters; remove_stale_temporaries cleans up on --resume
 
 
 def remove_stale_temporaries(directory):
@@ -77,26 +156,50 @@ def set_rng_states(states):
         torch.cuda.set_rng_state_all(states['cuda'])
 
 
+def first_nonfinite(state_dict):
+    """``(name, count)`` of the first floating-point tensor holding NaN/Inf, or None."""
+    for name, value in state_dict.items():
+        if torch.is_tensor(value) and (value.is_floating_point() or value.is_complex()):
+            bad = int((~torch.isfinite(value)).sum())
+            if bad:
+                return name, bad
+    return None
+
+
 def save_checkpoint(path, model_without_ddp, epoch, **extra):
-    """``{'net', 'epoch'}`` plus ``extra`` (optimizer, scheduler, rng, config, best_acc, ...)."""
-    payload = {'net': released_state_dict(model_without_ddp), 'epoch': int(epoch), **extra}
+    """``{'net', 'epoch'}`` plus ``extra`` (optimizer, scheduler, rng, config, best_acc, ...).
+    Weights holding NaN/Inf are never written (the training loop stops a diverged run earlier,
+    with the epoch and step; this is the last line of defence for every caller)."""
+    net = released_state_dict(model_without_ddp)
+    bad = first_nonfinite(net)
+    if bad is not None:
+        raise CheckpointError(f"refusing to write '{path}': tensor '{bad[0]}' holds {bad[1]} "
+                              f"NaN/Inf values")
+    payload = {'net': net, 'epoch': int(epoch), **extra}
     atomic_write(path, lambda f: torch.save(payload, f))
 
 
 def load_checkpoint(path):
     """Read a checkpoint with ``weights_only=True``: anything but tensors and plain containers is
-    refused before it can run. Accepts ``{'net': state_dict, ...}`` or a bare state dict."""
+    refused before it can run. Accepts ``{'net': state_dict, ...}`` or a bare state dict. An
+    empty, unreadable or non-finite (NaN/Inf weights) file is a one-line CheckpointError."""
+    if os.path.isdir(path):
+        raise CheckpointError(f"checkpoint '{path}' is a directory, not a file")
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint '{path}' does not exist")
     try:
+        if os.path.getsize(path) == 0:
+            raise CheckpointError(f"checkpoint '{path}' is empty (0 bytes)")
         checkpoint = torch.load(path, map_location='cpu', weights_only=True)
+    except CheckpointError:
+        raise
     except pickle.UnpicklingError as exc:
         raise CheckpointError(
             f"checkpoint '{path}' was refused: it holds objects other than tensors and plain "
-            f"containers, which could run code when loaded ({str(exc).splitlines()[0][:200]})") from None
-    except Exception as exc:  # noqa: BLE001 -- truncated zip, not a torch file, ...
-        raise CheckpointError(f"checkpoint '{path}' cannot be read: "
-                              f"{str(exc).splitlines()[0][:200]}") from None
+            f"containers, which could run code when loaded ({first_line(exc)})") from None
+    except Exception as exc:  # noqa: BLE001 -- truncated zip, not a torch file, no permission, ...
+        raise CheckpointError(f"checkpoint '{path}' cannot be read (not a PyTorch checkpoint, or "
+                              f"truncated): {type(exc).__name__}: {first_line(exc)}") from None
     if isinstance(checkpoint, dict) and 'net' not in checkpoint and checkpoint and \
             all(torch.is_tensor(v) for v in checkpoint.values()):
         checkpoint = {'net': checkpoint, 'epoch': 0}
@@ -104,6 +207,24 @@ def load_checkpoint(path):
             not all(torch.is_tensor(v) for v in checkpoint['net'].values()):
         raise CheckpointError(f"checkpoint '{path}' is not {{'net': state_dict, 'epoch': int}} "
                               f"nor a state dict")
+    bad = first_nonfinite(checkpoint['net'])
+    if bad is not None:
+        raise CheckpointError(f"checkpoint '{path}' was refused: tensor '{bad[0]}' holds {bad[1]} "
+                              f"NaN/Inf values (saved from a diverged run?)")
+    return checkpoint
+
+
+def check_resumable(checkpoint, path):
+    """``--resume`` needs the optimiser, scheduler, RNG and best-accuracy state this project
+    saves; a released-format file (``{'net', 'epoch'}`` only) has the weights alone."""
+    missing = [key for key in RESUME_KEYS if key not in checkpoint]
+    if missing:
+        raise CheckpointError(
+            f"--resume: '{path}' holds weights only (no {', '.join(missing)}): it is a released "
+            f"or exported checkpoint, not a resume point; to start from its weights use "
+            f"--set DEFAULT.ckpt={path} with a new --out")
+    if not isinstance(checkpoint['rng'], list) or not checkpoint['rng']:
+        raise CheckpointError(f"--resume: '{path}' has no per-process RNG states")
     return checkpoint
 
 

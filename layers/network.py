@@ -168,11 +168,16 @@ def read_nds_file(path):
     used as given: the config loader has already resolved it (``paths.resolve_input_path``)."""
     if not os.path.isfile(path):
         raise ConfigError(f"Network.ckpt_v: NDS file '{path}' does not exist")
+    if os.path.getsize(path) == 0:
+        raise ConfigError(f"Network.ckpt_v: NDS file '{path}' is empty (0 bytes)")
     try:
         nds = torch.load(path, map_location='cpu', weights_only=True)
     except Exception as exc:  # noqa: BLE001 -- any unreadable file is the same user error
-        raise ConfigError(f"Network.ckpt_v: cannot read NDS file '{path}': "
-                          f"{str(exc).splitlines()[0]}") from None
+        detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0]  # EOFError('') too
+        raise ConfigError(f"Network.ckpt_v: cannot read NDS file '{path}': {detail}") from None
     if not isinstance(nds, dict) or not all(torch.is_tensor(v) for v in nds.values()):
         raise ConfigError(f"Network.ckpt_v: '{path}' is not a {{layer name: tensor}} NDS file")
+    for name, value in nds.items():
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise ConfigError(f"Network.ckpt_v: NDS file '{path}': layer '{name}' holds NaN/Inf values")
     return nds
