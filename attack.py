@@ -1,96 +1,162 @@
-"""White-box L-inf attacks on the time-expanded input ``x[B, C, H, W, T]`` (SPEC §6).
+"""White-box L-inf attacks on the time-expanded input ``x[B, C, H, W, T]`` (SPEC §6), and their
+registry.
 
-Every attack takes ``(model, x, labels, eps, network_cfg, clamp=False)`` with ``eps`` already
-divided by ``Network.std``, and returns the adversarial input (detached). The caller sets the
-model's mode: eval for test-time attacks, train for adversarial training (BatchNorm batch
-statistics). The model is called with ``is_train=False`` (no dropout). Pass the unwrapped module,
-not a DistributedDataParallel wrapper: input gradients must not trigger a gradient all-reduce.
-R-FGSM and Gaussian noise draw from torch's global RNG.
+Every attack is a function ``fn(model, x, labels, eps, bounds=None, **params)`` returning the
+adversarial input (detached). ``eps`` is in *model units* (the units of the normalised input:
+``Normalization.to_model_units`` turns pixel units into them); ``bounds`` is ``None`` (no clamp)
+or ``(low, high)`` in model units (``Normalization.bounds()``, the valid pixel range). The loss
+and everything else about the model come from ``model.settings``.
+
+The caller sets the model's mode: eval for test-time attacks, train for adversarial training
+(BatchNorm batch statistics). The model is called with ``is_train=False`` (no dropout). Pass the
+unwrapped module, not a DistributedDataParallel wrapper: input gradients must not trigger a
+gradient all-reduce. R-FGSM and the noises draw from torch's global RNG.
+
+Adding an attack = one function + one ``ATTACKS`` line.
 """
+from dataclasses import dataclass, field
+from typing import Callable
+
 import torch
 
-from layers import NetworkSettings, attack_loss
-
-PGD_STEPS = 7
-BIM_STEPS = 7
-PGD_STEP_DIVISOR = 3  # PGD step size eps/3 (with 7 steps)
+from layers import attack_loss
 
 
-def _clamp_bounds(network_cfg):
-    """The valid input range of a normalised image, from the YAML's scalar mean/std."""
-    mean, std = network_cfg['mean'], network_cfg['std']
-    return (0 - mean) / std, (1 - mean) / std
+@dataclass(frozen=True)
+class Normalization:
+    """The scalar ``Network.mean`` / ``Network.std`` the attacks work with (the published code
+    used scalars even for colour data sets). Model units = (pixel - mean) / std."""
+    mean: float
+    std: float
+
+    @classmethod
+    def of(cls, network_cfg):
+        """From the YAML's ``Network`` section."""
+        return cls(network_cfg['mean'], network_cfg['std'])
+
+    def to_model_units(self, eps_pixels):
+        """An L-inf radius in pixel units (``8/255``) in model units."""
+        return eps_pixels / self.std
+
+    def bounds(self):
+        """The valid pixel range [0, 1] in model units: ``(low, high)``."""
+        return (0 - self.mean) / self.std, (1 - self.mean) / self.std
 
 
-def _clamp(x, network_cfg, clamp):
-    if not clamp:
-        return x
-    low, high = _clamp_bounds(network_cfg)
-    return x.clamp(low, high)
+def attack_bounds(cfg):
+    """What an attack clamps to under ``cfg``: the valid range if ``ATTACK.clamp``, else None."""
+    return Normalization.of(cfg['Network']).bounds() if cfg['ATTACK']['clamp'] else None
 
 
-def _input_gradient(model, x, labels, settings):
+def _clamp(x, bounds):
+    return x if bounds is None else x.clamp(*bounds)
+
+
+def input_gradient(model, x, labels):
     """d(attack loss)/dx, without touching the parameters' ``.grad``."""
     x = x.detach().requires_grad_(True)
     with torch.enable_grad():
         out, _ = model(x, False)
-        loss = attack_loss(out, labels, settings)
+        loss = attack_loss(out, labels, model.settings)
         (grad,) = torch.autograd.grad(loss, x)
     return grad
 
 
-def _fgsm_step(model, x, labels, eps, network_cfg, settings, clamp):
-    grad = _input_gradient(model, x, labels, settings)
-    return _clamp(x.detach() + eps * grad.sign(), network_cfg, clamp)
+def _fgsm_step(model, x, labels, eps, bounds):
+    grad = input_gradient(model, x, labels)
+    return _clamp(x.detach() + eps * grad.sign(), bounds)
 
 
-def fgsm(model, x, labels, eps, network_cfg, clamp=False):
+def fgsm(model, x, labels, eps, bounds=None):
     """FGSM: ``x + eps * sign(grad)``, then clamp."""
-    return _fgsm_step(model, x, labels, eps, network_cfg, NetworkSettings.of(network_cfg), clamp)
+    return _fgsm_step(model, x, labels, eps, bounds)
 
 
-def iterative_attack(model, x, labels, eps, network_cfg, clamp, steps, step_size):
+def iterative_attack(model, x, labels, eps, bounds, steps, step_size):
     """``steps`` FGSM steps of ``step_size`` from ``x`` (no random start), each projected onto the
     eps-ball around ``x`` and clamped: PGD and BIM as published, or stronger variants."""
-    settings = NetworkSettings.of(network_cfg)
     x = x.detach()
     x_adv = x
     for _ in range(steps):
-        x_adv = _fgsm_step(model, x_adv, labels, step_size, network_cfg, settings, clamp)
+        x_adv = _fgsm_step(model, x_adv, labels, step_size, bounds)
         x_adv = torch.min(torch.max(x_adv, x - eps), x + eps)  # project onto the eps-ball
-        x_adv = _clamp(x_adv, network_cfg, clamp)
+        x_adv = _clamp(x_adv, bounds)
     return x_adv
 
 
-def pgd(model, x, labels, eps, network_cfg, clamp=False):
-    """PGD as published: no random start, 7 steps of size ``eps/3``, projected and clamped."""
-    return iterative_attack(model, x, labels, eps, network_cfg, clamp, PGD_STEPS,
-                            eps / PGD_STEP_DIVISOR)
+def projected_steps(model, x, labels, eps, bounds=None, steps=7, step_divisor=3):
+    """PGD / BIM as published: ``steps`` steps of size ``eps / step_divisor``, no random start."""
+    return iterative_attack(model, x, labels, eps, bounds, steps, eps / step_divisor)
 
 
-def bim(model, x, labels, eps, network_cfg, clamp=False):
-    """BIM: as PGD with 7 steps of size ``eps/7``."""
-    return iterative_attack(model, x, labels, eps, network_cfg, clamp, BIM_STEPS, eps / BIM_STEPS)
-
-
-def rfgsm(model, x, labels, eps, network_cfg, clamp=False):
+def rfgsm(model, x, labels, eps, bounds=None):
     """R-FGSM: a random ``eps/2`` sign step, then an FGSM step of the remaining ``eps - eps/2``."""
     alpha = eps / 2
     x_start = x.detach() + alpha * torch.randn_like(x).sign()
-    return _fgsm_step(model, x_start, labels, eps - alpha, network_cfg,
-                      NetworkSettings.of(network_cfg), clamp)
+    return _fgsm_step(model, x_start, labels, eps - alpha, bounds)
 
 
-def gaussian_noise(model, x, labels, eps, network_cfg, clamp=False):
+def gaussian_noise(model, x, labels, eps, bounds=None):
     """Gaussian noise ``x + eps * N(0, 1)``, then clamp (``model``/``labels`` unused: same
     signature as the attacks)."""
-    return _clamp(x.detach() + eps * torch.randn_like(x), network_cfg, clamp)
+    return _clamp(x.detach() + eps * torch.randn_like(x), bounds)
 
 
-def random_sign_noise(model, x, labels, eps, network_cfg, clamp=False):
+def random_sign_noise(model, x, labels, eps, bounds=None):
     """Random +-eps noise, a sanity baseline the size of an L-inf attack (not in the paper)."""
-    return _clamp(x.detach() + eps * torch.randn_like(x).sign(), network_cfg, clamp)
+    return _clamp(x.detach() + eps * torch.randn_like(x).sign(), bounds)
 
 
-ATTACKS = {'fgsm': fgsm, 'rfgsm': rfgsm, 'pgd': pgd, 'bim': bim, 'gaussian': gaussian_noise,
-           'noise': random_sign_noise}
+# Where an attack is used: 'test' = a row of the published adversarial test (main.py's advtest,
+# the protocol table; in registry order), 'train' = selectable as ATTACK.ft_method for
+# adversarial training, 'baseline' = a noise sanity row of the protocol table.
+USAGES = ('test', 'train', 'baseline')
+
+
+@dataclass(frozen=True)
+class Attack:
+    """One registry entry. ``attack(model, x, labels, eps, bounds=None)`` runs
+    ``fn(model, x, labels, eps, bounds, **params)``."""
+    name: str
+    fn: Callable
+    usage: tuple = ()
+    params: dict = field(default_factory=dict)  # e.g. steps and step-size rule
+    title: str = ''              # as tables print it
+    ft_method: str = None        # its name as ATTACK.ft_method (usage 'train')
+
+    def __post_init__(self):
+        unknown = set(self.usage) - set(USAGES)
+        if unknown:
+            raise ValueError(f"attack {self.name!r}: unknown usage {sorted(unknown)} (one of {USAGES})")
+        if ('train' in self.usage) != (self.ft_method is not None):
+            raise ValueError(f"attack {self.name!r}: an ft_method name goes with usage 'train'")
+
+    def __call__(self, model, x, labels, eps, bounds=None):
+        return self.fn(model, x, labels, eps, bounds, **self.params)
+
+
+ATTACKS = {attack.name: attack for attack in (
+    Attack('fgsm', fgsm, ('test', 'train'), title='FGSM', ft_method='fgm'),
+    Attack('rfgsm', rfgsm, ('test',), title='R-FGSM'),
+    Attack('pgd', projected_steps, ('test', 'train'), dict(steps=7, step_divisor=3), title='PGD',
+           ft_method='pgd'),
+    Attack('bim', projected_steps, ('test',), dict(steps=7, step_divisor=7), title='BIM'),
+    Attack('gaussian', gaussian_noise, title='Gaussian noise'),
+    Attack('noise', random_sign_noise, ('baseline',), title='sign noise'),
+)}
+
+
+def attacks_for(usage):
+    """The names of the attacks with ``usage``, in registry order."""
+    return tuple(name for name, attack in ATTACKS.items() if usage in attack.usage)
+
+
+FT_METHODS = tuple(attack.ft_method for attack in ATTACKS.values() if 'train' in attack.usage)
+
+
+def training_attack(ft_method):
+    """The registry entry of ``ATTACK.ft_method`` (``fgm`` -> FGSM, ``pgd`` -> PGD)."""
+    for attack in ATTACKS.values():
+        if attack.ft_method == ft_method:
+            return attack
+    raise KeyError(f"ATTACK.ft_method {ft_method!r} is not one of {', '.join(FT_METHODS)}")

@@ -6,10 +6,10 @@
 
 For every network (MNIST, CIFAR10) and neuron model (LIF, ALIF = TA-LIF) it measures
 
-* **train step**: ``net(x, True)`` + ``compute_loss`` + ``backward`` +
-  ``clip_grad_norm_(params, 1)`` + AdamW step + ``net.weight_clipper()`` (the training loop of
-  SPEC §7, without data loading);
-* **attack step**: one PGD/FGSM step as in ``attack._input_gradient``: the model in eval mode,
+* **train step**: ``engine.train_step``, the step of the training loop (SPEC §7: ``net(x, True)`` +
+  ``compute_loss`` + ``backward`` + ``clip_grad_norm_(params, 1)`` + AdamW step +
+  ``net.weight_clipper()``), without data loading;
+* **attack step**: one PGD/FGSM step, ``attack.input_gradient``: the model in eval mode,
   ``net(x, False)``, ``attack_loss``, gradient w.r.t. the input only;
 
 and the same two steps for the *ANN equivalent*: the same convolutions (2-D, on a batch of B*T
@@ -30,9 +30,9 @@ replayed in order and the peak of the running sum is reported. Both therefore me
 thing: the peak of the tensor bytes allocated *during* the step (activations saved for backward,
 gradients, temporaries), not the parameters, optimiser state or input that exist before it.
 
-The networks come from ``networks/MNIST.yaml`` and ``networks/CIFAR10.yaml`` (sections
-``Network`` and ``Layers``) when those files exist, otherwise from the built-in copies below
-(the model is set to each of ``--models``; ``ckpt_v`` is ignored: a random NDS is as fast).
+The networks come from ``networks/MNIST.yaml`` and ``networks/CIFAR10.yaml``, read through the
+config loader (``config.load_config``) with ``Network.model`` set to each of ``--models`` and
+``Network.ckpt_v`` to null (a random NDS is as fast).
 
 CPU caveats. Timings on a shared machine are noisy (other processes stall the OpenMP threads):
 compare ratios, re-run, or use ``--threads 1``. glibc returns large freed blocks to the system
@@ -59,25 +59,29 @@ ROOT = os.path.dirname(os.path.abspath(__file__))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from layers import Network, attack_loss, compute_loss  # noqa: E402
+from attack import input_gradient  # noqa: E402
+from config import input_shape, load_config  # noqa: E402
+from engine import build_optimizer, train_step  # noqa: E402
+from layers import Network  # noqa: E402
+from layers.network import output_batch_norm  # noqa: E402
+from layers.neuron_registry import NEURONS, neuron_by_title  # noqa: E402
 
 # --- The networks --------------------------------------------------------------------------------
 
 NETS = {
-    # name: (networks/ file, input shape [C, H, W], default CPU batch)
-    'mnist': ('MNIST.yaml', (1, 28, 28), 64),
-    'cifar10': ('CIFAR10.yaml', (3, 32, 32), 16),
+    # name: (networks/ file, default CPU batch)
+    'mnist': ('MNIST.yaml', 64),
+    'cifar10': ('CIFAR10.yaml', 16),
 }
 
 
-def load_net_config(name):
-    """``(Network dict, Layers dict, input shape, source)`` from ``networks/<NAME>.yaml``."""
-    import yaml
-    file_name, input_shape, _ = NETS[name]
-    path = os.path.join(ROOT, 'networks', file_name)
-    with open(path) as f:
-        cfg = yaml.safe_load(f)
-    return dict(cfg['Network']), dict(cfg['Layers']), input_shape, os.path.relpath(path, ROOT)
+def load_net_config(name, model):
+    """``(resolved config, source)`` of ``networks/<NAME>.yaml`` with ``model`` as the neuron and
+    no NDS file."""
+    path = os.path.join(ROOT, 'networks', NETS[name][0])
+    cfg, _ = load_config(path, [f'Network.model={model}', 'Network.ckpt_v=null',
+                                'Network.save_target=false'])
+    return cfg, os.path.relpath(path, ROOT)
 
 
 # --- The ANN equivalent -----------------------------------------------------------------------
@@ -95,10 +99,9 @@ class SumPool(nn.Module):
         return F.avg_pool2d(x, self.kernel, self.stride, self.padding) * math.prod(self.kernel)
 
 
-def ann_equivalent(network_cfg, layers_cfg, input_shape):
+def ann_equivalent(settings, layers_cfg):
     """The same layers as a plain ANN on ``[B*T, C, H, W]`` (see the module docstring)."""
-    is_bn = bool(network_cfg.get('is_bn'))
-    kernel_lif_bn = network_cfg.get('loss') == 'kernel' and network_cfg.get('model', 'LIF') == 'LIF'
+    is_bn = settings.is_bn
     modules = []
     flat = False
     for name, cfg in layers_cfg.items():
@@ -121,7 +124,7 @@ def ann_equivalent(network_cfg, layers_cfg, input_shape):
                 modules.append(nn.Flatten())
                 flat = True
             modules.append(nn.Linear(cfg['n_inputs'], cfg['n_outputs'], bias=False))
-            if is_bn and (name != 'output' or kernel_lif_bn):
+            if output_batch_norm(settings) if name == 'output' else is_bn:
                 modules.append(nn.BatchNorm1d(cfg['n_outputs']))
             if name != 'output':
                 modules.append(nn.ReLU())
@@ -134,42 +137,32 @@ class Case:
     """One network/model pair: the SNN, its ANN equivalent, inputs, optimisers and step closures."""
 
     def __init__(self, net_name, model, batch, device, dtype):
-        network_cfg, layers_cfg, input_shape, self.source = load_net_config(net_name)
-        network_cfg.update(model=model, ckpt_v=None, save_target=False)
-        if model == 'ALIF' and not network_cfg.get('tau_v'):
-            network_cfg['tau_v'] = 1.5
+        cfg, self.source = load_net_config(net_name, model)
+        shape = input_shape(cfg)
         self.name, self.model, self.batch = net_name, model, batch
-        self.network_cfg = network_cfg
-        n_steps, n_class = network_cfg['n_steps'], network_cfg['n_class']
         self.device, self.dtype = device, dtype
-        lr = float(network_cfg.get('lr', 5e-4))  # YAML reads '5e-4' as a string
+        lr = cfg['Network']['lr']
 
         gen = torch.Generator().manual_seed(0)
-        self.snn = Network(network_cfg, layers_cfg, input_shape).to(device, dtype)
-        image = torch.randn(batch, *input_shape, 1, generator=gen)
+        self.snn = Network(cfg['Network'], cfg['Layers'], shape).to(device, dtype)
+        n_steps, n_class = self.snn.settings.n_steps, self.snn.settings.n_class
+        image = torch.randn(batch, *shape, 1, generator=gen)
         self.x_snn = image.expand(*image.shape[:-1], n_steps).contiguous().to(device, dtype)
         self.labels = torch.randint(0, n_class, (batch,), generator=gen).to(device)
-        self.opt_snn = torch.optim.AdamW(self.snn.parameters(), lr=lr, betas=(0.9, 0.999))
+        self.opt_snn = build_optimizer(self.snn, lr)
 
-        self.ann = ann_equivalent(network_cfg, layers_cfg, input_shape).to(device, dtype)
+        self.ann = ann_equivalent(self.snn.settings, cfg['Layers']).to(device, dtype)
         self.x_ann = image[..., 0].repeat_interleave(n_steps, 0).to(device, dtype)
         self.labels_ann = self.labels.repeat_interleave(n_steps).to(device)
         self.target_ann = F.one_hot(self.labels_ann, n_class).to(device, dtype)
-        self.opt_ann = torch.optim.AdamW(self.ann.parameters(), lr=lr, betas=(0.9, 0.999))
+        self.opt_ann = build_optimizer(self.ann, lr)
         self.ann_weights = [m.weight for m in self.ann.modules()
                             if isinstance(m, (nn.Conv2d, nn.Linear))]
 
     # training steps
     def snn_train(self):
-        net = self.snn
-        net.train()
-        self.opt_snn.zero_grad(set_to_none=True)
-        out, _ = net(self.x_snn, True)
-        loss = compute_loss(out, self.labels, self.network_cfg)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(net.parameters(), 1)
-        self.opt_snn.step()
-        net.weight_clipper()
+        self.snn.train()
+        train_step(self.snn, self.x_snn, self.labels, self.opt_snn)
 
     def ann_train(self):
         net = self.ann
@@ -184,14 +177,10 @@ class Case:
             for w in self.ann_weights:
                 w.clamp_(-4, 4)
 
-    # attack steps (attack._input_gradient)
+    # attack steps
     def snn_attack(self):
         self.snn.eval()
-        x = self.x_snn.detach().requires_grad_(True)
-        out, _ = self.snn(x, False)
-        loss = attack_loss(out, self.labels, self.network_cfg)
-        (grad,) = torch.autograd.grad(loss, x)
-        return grad
+        return input_gradient(self.snn, self.x_snn, self.labels)
 
     def ann_attack(self):
         self.ann.eval()
@@ -318,7 +307,7 @@ def markdown(rows, device, dtype, threads):
                 mem = (f"{s:.1f} ({s / row['batch']:.2f}) | {a:.1f} ({a / row['batch']:.2f})")
             else:
                 mem = '- | -'
-            model = 'TA-LIF' if row['model'] == 'ALIF' else row['model']
+            model = NEURONS[row['model']].title
             lines.append(f"| {row['net']} | {model} | {row['batch']} | {kind} | {e['snn_ms']:.1f} "
                          f"| {e['ann_ms']:.1f} | {e['ratio']:.2f} | {e['snn_img_s']:.0f} "
                          f"| {e['ann_img_s']:.0f} | {mem} |")
@@ -348,10 +337,9 @@ def main(argv=None):
     dtype = getattr(torch, args.dtype)
     steps = [s.strip() for s in args.steps.split(',') if s.strip()]
     nets = [n.strip().lower() for n in args.nets.split(',') if n.strip()]
-    models = [m.strip().upper() for m in args.models.split(',') if m.strip()]
-    models = ['ALIF' if m in ('TA-LIF', 'TALIF') else m for m in models]
+    models = [neuron_by_title(m.strip()).name for m in args.models.split(',') if m.strip()]
     if args.batch is None:
-        batches = [NETS[n][2] for n in nets]
+        batches = [NETS[n][1] for n in nets]
     else:
         batches = [int(b) for b in args.batch.split(',')]
         batches = batches * len(nets) if len(batches) == 1 else batches

@@ -1,4 +1,4 @@
-"""One training epoch, the clean and adversarial evaluations, and the NDS recording pass.
+"""The training step and epoch, the clean and adversarial evaluations, and the NDS recording pass.
 
 Metrics are accumulated on the device (no host synchronisation per step) and summed over all
 processes at the end, so every sample counts exactly once on any number of ranks.
@@ -7,13 +7,12 @@ import time
 
 import torch
 
-from attack import ATTACKS
+from attack import ATTACKS, attacks_for
 from distributed import all_reduce_sum
 from layers import compute_loss, predict
 
-ADVERSARIAL_TEST_ATTACKS = ('fgsm', 'rfgsm', 'pgd', 'bim')  # the published test, in its order
-TRAIN_ATTACKS = {'fgm': 'fgsm', 'pgd': 'pgd'}  # ATTACK.ft_method -> attack
 GRAD_CLIP_NORM = 1.0
+ADAM_BETAS = (0.9, 0.999)
 
 
 def time_expand(images, n_steps):
@@ -21,16 +20,37 @@ def time_expand(images, n_steps):
     return images.unsqueeze(-1).expand(*images.shape, n_steps).contiguous()
 
 
+def build_optimizer(model, lr):
+    """The published optimiser: AdamW (default weight decay) with betas (0.9, 0.999)."""
+    return torch.optim.AdamW(model.parameters(), lr=lr, betas=ADAM_BETAS)
+
+
+def train_step(model, x, labels, optimizer, network=None, dropout=True):
+    """One optimiser step of SPEC §7: forward, loss, backward, gradient-norm clipping at 1, AdamW
+    step, weight clipping. ``model`` may be the DDP wrapper of ``network`` (the unwrapped module;
+    default: ``model`` itself). The caller sets train/eval mode. ``dropout=False`` runs the net
+    with ``is_train=False`` (the golden recordings did). Returns ``(out, loss)``."""
+    network = model if network is None else network
+    out, _ = model(x, dropout)
+    loss = compute_loss(out, labels, network.settings)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP_NORM)
+    optimizer.step()
+    network.weight_clipper()
+    return out, loss
+
+
 def _to_device(images, labels, ctx, dtype):
     return (images.to(ctx.device, dtype=dtype, non_blocking=True),
             labels.to(ctx.device, non_blocking=True))
 
 
-def train_one_epoch(model, model_without_ddp, loader, optimizer, network_cfg, ctx, progress,
-                    epoch, adversary=None):
-    """One pass over ``loader``. ``adversary``: ``(attack_fn, eps_scaled, clamp)`` for adversarial
-    training -- examples are crafted on the unwrapped module in train mode (BatchNorm batch
-    statistics), so input gradients trigger no DDP reduction."""
+def train_one_epoch(model, model_without_ddp, loader, optimizer, ctx, progress, epoch,
+                    adversary=None):
+    """One pass over ``loader``. ``adversary``: ``(attack, eps, bounds)`` (model units, see
+    attack.py) for adversarial training -- examples are crafted on the unwrapped module in train
+    mode (BatchNorm batch statistics), so input gradients trigger no DDP reduction."""
     settings = model_without_ddp.settings
     dtype = next(model_without_ddp.parameters()).dtype
     model.train()
@@ -43,15 +63,9 @@ def train_one_epoch(model, model_without_ddp, loader, optimizer, network_cfg, ct
         images, labels = _to_device(images, labels, ctx, dtype)
         x = time_expand(images, settings.n_steps)
         if adversary is not None:
-            attack_fn, eps, clamp = adversary
-            x = attack_fn(model_without_ddp, x, labels, eps, network_cfg, clamp)
-        out, _ = model(x, True)
-        loss = compute_loss(out, labels, settings)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP_NORM)
-        optimizer.step()
-        model_without_ddp.weight_clipper()
+            attack, eps, bounds = adversary
+            x = attack(model_without_ddp, x, labels, eps, bounds)
+        out, loss = train_step(model, x, labels, optimizer, model_without_ddp)
         loss_sum += loss.detach() * labels.shape[0]
         correct += (predict(out.detach()) == labels).sum()
         seen += labels.shape[0]
@@ -63,12 +77,14 @@ def train_one_epoch(model, model_without_ddp, loader, optimizer, network_cfg, ct
             'train_samples': n, 'train_time_s': time.perf_counter() - start}
 
 
-def accuracy_under_attack(source, targets, loader, network_cfg, ctx, progress, attack=None,
-                          eps=0.0, clamp=False, desc='test'):
-    """Craft examples on ``source`` with ``attack`` (a name in ``attack.ATTACKS``; None = clean;
-    ``eps`` already divided by the std) and measure every model in ``targets`` on them: white-box
-    when the target is the source, transfer otherwise. Models are unwrapped and put in eval mode.
-    Returns ``([accuracy per target], n_samples)``, summed over all ranks."""
+def accuracy_under_attack(source, targets, loader, ctx, progress, attack=None, eps=0.0,
+                          bounds=None, desc='test'):
+    """Craft examples on ``source`` with ``attack`` (a name in ``attack.ATTACKS`` or an attack
+    function; None = clean; ``eps`` and ``bounds`` in model units) and measure every model in
+    ``targets`` on them: white-box when the target is the source, transfer otherwise. Models are
+    unwrapped and put in eval mode. Returns ``([accuracy per target], n_samples)``, summed over
+    all ranks."""
+    attack = ATTACKS[attack] if isinstance(attack, str) else attack
     dtype = next(source.parameters()).dtype
     for model in (source, *targets):
         model.eval()
@@ -78,7 +94,7 @@ def accuracy_under_attack(source, targets, loader, network_cfg, ctx, progress, a
         images, labels = _to_device(images, labels, ctx, dtype)
         x = time_expand(images, source.settings.n_steps)
         if attack is not None:
-            x = ATTACKS[attack](source, x, labels, eps, network_cfg, clamp)
+            x = attack(source, x, labels, eps, bounds)
         with torch.no_grad():
             for index, model in enumerate(targets):
                 out, _ = model(x, False)
@@ -89,26 +105,26 @@ def accuracy_under_attack(source, targets, loader, network_cfg, ctx, progress, a
     return [c.item() / max(n, 1) for c in totals[:-1]], n
 
 
-def evaluate(model, loader, network_cfg, ctx, progress, attack=None, eps=0.0, clamp=False,
-             desc='test'):
+def evaluate(model, loader, ctx, progress, attack=None, eps=0.0, bounds=None, desc='test'):
     """Accuracy of ``model`` on ``loader``, clean or under a white-box ``attack``:
     ``(accuracy, n_samples)`` over all ranks."""
-    accuracies, n = accuracy_under_attack(model, [model], loader, network_cfg, ctx, progress, attack,
-                                          eps, clamp, desc)
+    accuracies, n = accuracy_under_attack(model, [model], loader, ctx, progress, attack, eps,
+                                          bounds, desc)
     return accuracies[0], n
 
 
-def adversarial_test(model, loader, network_cfg, attack_cfg, strengths, ctx, progress, log):
-    """The published adversarial test: clean accuracy, then FGSM, R-FGSM, PGD and BIM at every
-    strength. Returns rows ``{'attack', 'eps', 'accuracy', 'n_samples'}`` (eps in pixel units)."""
-    std, clamp = network_cfg['std'], attack_cfg['clamp']
-    accuracy, n = evaluate(model, loader, network_cfg, ctx, progress, desc='clean')
+def adversarial_test(model, loader, normalization, bounds, strengths, ctx, progress, log):
+    """The published adversarial test: clean accuracy, then the attacks of usage 'test' (FGSM,
+    R-FGSM, PGD and BIM) at every strength (pixel units; ``normalization`` converts them).
+    Returns rows ``{'attack', 'eps', 'accuracy', 'n_samples'}`` (eps in pixel units)."""
+    accuracy, n = evaluate(model, loader, ctx, progress, desc='clean')
     rows = [{'attack': 'clean', 'eps': 0.0, 'accuracy': accuracy, 'n_samples': n}]
     log(f"clean: {100 * accuracy:.2f}% ({n} samples)")
     for eps in strengths:
-        for name in ADVERSARIAL_TEST_ATTACKS:
-            accuracy, n = evaluate(model, loader, network_cfg, ctx, progress, attack=name,
-                                   eps=eps / std, clamp=clamp, desc=f"{name} eps={eps:.4f}")
+        for name in attacks_for('test'):
+            accuracy, n = evaluate(model, loader, ctx, progress, attack=name,
+                                   eps=normalization.to_model_units(eps), bounds=bounds,
+                                   desc=f"{name} eps={eps:.4f}")
             rows.append({'attack': name, 'eps': eps, 'accuracy': accuracy, 'n_samples': n})
             log(f"{name} eps={eps:.4f}: {100 * accuracy:.2f}% ({n} samples)")
     return rows

@@ -5,50 +5,20 @@
     python main.py -d 0 --set DEFAULT.cleantrain=false --set DEFAULT.ckpt=released.pth
 
 The experiment is the YAML (``networks/*.yaml``, or ``--config``); ``--set`` overrides single keys.
+The work is done by runner.run_experiment; this file is its command line.
 """
 import argparse
 import copy
-import inspect
 import os
-import random
 import sys
 
-import numpy as np
-import torch
-from torch.nn.parallel import DistributedDataParallel
-
-from attack import ATTACKS
-from checkpoint import CheckpointError, load_checkpoint, load_weights, rng_states, set_rng_states
-from config import (ConfigError, attack_strengths, config_path_for_dataset, input_shape, load_config,
-                    train_epsilon)
-from datasets import DatasetNotFound, build_datasets
-from distributed import (ShardSampler, all_gather_object, broadcast_buffers, cleanup_distributed,
-                         init_distributed)
-from engine import TRAIN_ATTACKS, adversarial_test, evaluate, record_nds, train_one_epoch
-from layers import Network
-from outputs import RunOutputs
-
-USER_ERRORS = (ConfigError, CheckpointError, DatasetNotFound)
-EXIT_USER_ERROR = 2
-SAVE_EVERY_EPOCHS = 100
-# The buffers (NDS, BN running statistics) are not re-sent from rank 0 before every forward:
-# the NDS never changes and the BN statistics are broadcast before each evaluation and save
-# (distributed.broadcast_buffers). The keyword was renamed in recent torch releases.
-NO_BUFFER_SYNC_PER_STEP = (
-    {'forward_sync_buffers': False}
-    if 'forward_sync_buffers' in inspect.signature(DistributedDataParallel).parameters
-    else {'broadcast_buffers': False})
+from runner import add_config_arguments, config_from_args, default_run_name, run_cli, run_experiment
 
 
 def get_args_parser():
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument('-d', '--dataset', type=int, choices=range(5), metavar='{0..4}',
-                        help='networks/{MNIST,CIFAR10,CIFAR100,FashionMNIST,SVHN}.yaml')
-    source.add_argument('--config', help='a YAML file in the schema of networks/*.yaml')
-    parser.add_argument('--set', action='append', default=[], metavar='SECTION.KEY=VALUE',
-                        help='override one config key (repeatable; the value is read as YAML)')
+    add_config_arguments(parser)
     parser.add_argument('--out', help='directory of this run (default: checkpoints/<run name>)')
     parser.add_argument('--resume', action='store_true', help='continue from <out>/last.pth')
     parser.add_argument('--seed', type=int, help='overrides DEFAULT.seed')
@@ -58,185 +28,6 @@ def get_args_parser():
     parser.add_argument('--nds-out', help='where save_target writes the NDS '
                         '(default: spikedata/<dataset>/<run name>.pt)')
     return parser
-
-
-def config_from_args(args):
-    """``(config, warnings, config file)``; raises ConfigError."""
-    path = args.config if args.config is not None else config_path_for_dataset(args.dataset)
-    overrides = list(args.set) + ([f"DEFAULT.seed={args.seed}"] if args.seed is not None else [])
-    cfg, warnings = load_config(path, overrides)
-    return cfg, warnings, path
-
-
-def default_run_name(cfg):
-    default, network = cfg['DEFAULT'], cfg['Network']
-    mode = 'advtrain' if default['advtrain'] else 'cleantrain' if default['cleantrain'] else 'eval'
-    return f"{network['dataset']}-{network['model']}-{mode}"
-
-
-def seed_everything(seed):
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def build_loaders(cfg, ctx, workers):
-    default, network = cfg['DEFAULT'], cfg['Network']
-    train_set, test_set = build_datasets(network['dataset'], network['data_path'],
-                                         default['train_samples'], default['test_samples'])
-    if workers is None:
-        workers = 4 if ctx.device.type == 'cuda' else 0
-    common = dict(batch_size=network['batch_size'], num_workers=workers,
-                  pin_memory=ctx.device.type == 'cuda', persistent_workers=workers > 0)
-    # DistributedSampler also for one process: the same seeded order on any number of ranks.
-    train_sampler = torch.utils.data.DistributedSampler(
-        train_set, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=default['seed'])
-    train_loader = torch.utils.data.DataLoader(train_set, sampler=train_sampler, **common)
-    test_loader = torch.utils.data.DataLoader(test_set, sampler=ShardSampler(len(test_set), ctx),
-                                              **common)
-    # The NDS is recorded over the whole training set, each sample once, in a fixed order.
-    nds_loader = torch.utils.data.DataLoader(train_set, sampler=ShardSampler(len(train_set), ctx),
-                                             **common)
-    return train_loader, test_loader, nds_loader
-
-
-def run_experiment(cfg, out_dir, ctx, resume=False, workers=None, nds_out=None, warnings=()):
-    """One run of a resolved config: (train) -> (record the NDS) -> (adversarial test).
-    Model and checkpoints are checked before any data set is touched. Returns the results dict
-    (on rank 0; the other ranks' copy has no robustness table)."""
-    default, network = cfg['DEFAULT'], cfg['Network']
-    training = default['cleantrain'] or default['advtrain']
-    dtype = getattr(torch, default['dtype'])
-    seed_everything(default['seed'])  # the same initial weights on every rank
-    model_without_ddp = Network(network, cfg['Layers'], input_shape(cfg)).to(dtype)
-
-    last_path = os.path.join(out_dir, 'last.pth')
-    resume_state = None
-    if resume:
-        if not os.path.isfile(last_path):
-            raise CheckpointError(f"--resume: '{last_path}' does not exist (nothing to resume)")
-        resume_state = load_checkpoint(last_path)
-        load_weights(model_without_ddp, resume_state, last_path)
-    elif default['ckpt'] is not None:
-        load_weights(model_without_ddp, load_checkpoint(default['ckpt']), default['ckpt'])
-    if training and not resume and os.path.isfile(last_path):
-        raise ConfigError(f"--out {out_dir} already holds a run (last.pth): pass --resume to "
-                          f"continue it, or choose another --out")
-
-    model_without_ddp.to(ctx.device)
-    model = model_without_ddp
-    if training and ctx.distributed:
-        if ctx.device.type == 'cuda' and network['is_bn']:
-            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model_without_ddp)
-            model_without_ddp = model
-        model = DistributedDataParallel(
-            model_without_ddp, device_ids=[ctx.local_rank] if ctx.device.type == 'cuda' else None,
-            **NO_BUFFER_SYNC_PER_STEP)
-
-    outputs = RunOutputs(out_dir, ctx, cfg,
-                         results=resume_state.get('results') if resume_state else None,
-                         resume=resume)
-    for warning in warnings:
-        outputs.log(f"warning: {warning}")
-    train_loader, test_loader, nds_loader = build_loaders(cfg, ctx, workers)
-    outputs.log(f"{network['dataset']}: {len(train_loader.dataset)} train / "
-                f"{len(test_loader.dataset)} test samples, {ctx.world_size} process(es) on "
-                f"{ctx.device}, {network['model']} network -> {out_dir}")
-    # Dropout masks and random attack starts differ between ranks, as in the published code.
-    seed_everything(default['seed'] + 1000 * ctx.rank)
-
-    if training:
-        train(model, model_without_ddp, train_loader, test_loader, cfg, ctx, outputs, resume_state)
-    if network['save_target']:
-        nds_path = nds_out or os.path.join('spikedata', network['dataset'].lower(),
-                                           f"{os.path.basename(os.path.normpath(out_dir))}.pt")
-        nds = record_nds(model_without_ddp, nds_loader, ctx, outputs.progress)
-        outputs.save_nds(nds_path, nds)
-        outputs.set_result('nds_file', nds_path)
-    if default['advtest']:
-        outputs.log(f"adversarial test ({'clamped' if cfg['ATTACK']['clamp'] else 'unclamped'})")
-        rows = adversarial_test(model_without_ddp, test_loader, network, cfg['ATTACK'],
-                                attack_strengths(cfg), ctx, outputs.progress, outputs.log)
-        outputs.add_robustness(rows)
-    outputs.set_result('finished', True)
-    outputs.close()
-    return outputs.results
-
-
-def train(model, model_without_ddp, train_loader, test_loader, cfg, ctx, outputs, resume_state):
-    """The training loop of SPEC §7; leaves the best (by clean test accuracy) weights in the model,
-    as the published workflow evaluates best.pth."""
-    default, network = cfg['DEFAULT'], cfg['Network']
-    optimizer = torch.optim.AdamW(model.parameters(), lr=network['lr'], betas=(0.9, 0.999))
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=network['T_max'])
-    adversary = None
-    if default['advtrain']:
-        attack_name = TRAIN_ATTACKS[cfg['ATTACK']['ft_method']]
-        adversary = (ATTACKS[attack_name], train_epsilon(cfg) / network['std'], cfg['ATTACK']['clamp'])
-        outputs.log(f"adversarial training: {attack_name} eps={cfg['ATTACK']['train'][0]}")
-    start_epoch, best = 0, {'epoch': None, 'test_acc': -1.0}
-    best_state = None
-    if resume_state is not None:
-        optimizer.load_state_dict(resume_state['optimizer'])
-        scheduler.load_state_dict(resume_state['scheduler'])
-        start_epoch = resume_state['epoch'] + 1
-        best = dict(resume_state['best'])
-        best_path = os.path.join(outputs.out_dir, 'best.pth')
-        if os.path.isfile(best_path):
-            best_state = load_checkpoint(best_path)['net']
-        set_rng_states(resume_state['rng'][ctx.rank])
-        outputs.log(f"resumed after epoch {resume_state['epoch']}")
-
-    for epoch in range(start_epoch, network['epochs']):
-        train_loader.sampler.set_epoch(epoch)
-        metrics = train_one_epoch(model, model_without_ddp, train_loader, optimizer, network, ctx,
-                                  outputs.progress, epoch, adversary)
-        scheduler.step()
-        broadcast_buffers(ctx, model_without_ddp)
-        test_acc, n = evaluate(model_without_ddp, test_loader, network, ctx, outputs.progress)
-        metrics = {'epoch': epoch, **metrics, 'test_acc': test_acc, 'test_samples': n,
-                   'lr': optimizer.param_groups[0]['lr']}
-        is_best = test_acc > best['test_acc']
-        if is_best:
-            best = {'epoch': epoch, 'test_acc': test_acc}
-            best_state = {k: v.detach().cpu().clone() for k, v in model_without_ddp.state_dict().items()}
-        outputs.add_epoch(metrics)
-        outputs.set_result('best', best)
-        # Each rank's RNG state, so a resumed run continues every stream where it stopped.
-        rngs = all_gather_object(ctx, rng_states())
-        extra = dict(optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
-                     rng=rngs, config=cfg, best=best, results=outputs.results)
-        if is_best:
-            outputs.save_checkpoint('best.pth', model_without_ddp, epoch, **extra)
-        if epoch > 0 and epoch % SAVE_EVERY_EPOCHS == 0:
-            outputs.save_checkpoint(f"epoch_{epoch}.pth", model_without_ddp, epoch, **extra)
-        outputs.save_checkpoint('last.pth', model_without_ddp, epoch, **extra)  # last: resume point
-
-    if best_state is not None:
-        model_without_ddp.load_state_dict(best_state)
-        outputs.log(f"using best.pth: epoch {best['epoch']}, clean test accuracy "
-                    f"{100 * best['test_acc']:.2f}%")
-        outputs.set_result('evaluated', f"best.pth (epoch {best['epoch']})")
-
-
-def run_cli(args, prepare, execute):
-    """``prepare(args)`` checks the config (before any process group or data); then
-    ``execute(args, prepared, ctx)`` runs. A user error (config, checkpoint, data) is one line on
-    stderr and exit status 2, whatever stage it comes from."""
-    try:
-        prepared = prepare(args)
-        ctx = init_distributed(args.device)
-    except USER_ERRORS as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USER_ERROR
-    try:
-        execute(args, prepared, ctx)
-    except USER_ERRORS as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USER_ERROR
-    finally:
-        cleanup_distributed()
-    return 0
 
 
 def execute_run(args, prepared, ctx):

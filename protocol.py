@@ -10,8 +10,8 @@
     torchrun --standalone --nproc_per_node=2 protocol.py -d 3 --out runs/fashionmnist \\
         --lif-epochs 10 --hosnn-epochs 80 --ft-epochs 5
 
-Every stage is a normal run of main.py's code (checkpoints, results.json, TensorBoard in its
-directory). ``--resume`` skips finished stages and resumes an interrupted one.
+Every stage is a normal run of runner.run_experiment, main.py's code (checkpoints, results.json,
+TensorBoard in its directory). ``--resume`` skips finished stages and resumes an interrupted one.
 """
 import argparse
 import copy
@@ -21,14 +21,12 @@ import sys
 import time
 from fractions import Fraction
 
-import torch
-
-from checkpoint import load_checkpoint, load_weights
-from config import ConfigError, attack_strengths, input_shape
-from engine import ADVERSARIAL_TEST_ATTACKS, accuracy_under_attack
-from layers import Network
-from main import build_loaders, config_from_args, run_cli, run_experiment, seed_everything
+from attack import Normalization, attack_bounds, attacks_for, training_attack
+from config import ConfigError, attack_strengths
+from engine import accuracy_under_attack
 from outputs import RunOutputs
+from runner import (add_config_arguments, build_loaders, build_model, config_from_args, run_cli,
+                    run_experiment, seed_everything)
 
 MODELS = ('lif_clean', 'hosnn_clean', 'lif_ft', 'hosnn_ft')
 PARTNER = {'lif_clean': 'hosnn_clean', 'hosnn_clean': 'lif_clean', 'lif_ft': 'hosnn_ft',
@@ -40,11 +38,7 @@ TITLES = {'lif_clean': 'LIF clean-trained', 'hosnn_clean': 'HoSNN clean-trained'
 def get_args_parser():
     parser = argparse.ArgumentParser(description='The HoSNN protocol: LIF -> NDS -> HoSNN -> '
                                      'adversarial fine-tuning -> LIF vs HoSNN robustness table')
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument('-d', '--dataset', type=int, choices=range(5), metavar='{0..4}')
-    source.add_argument('--config')
-    parser.add_argument('--set', action='append', default=[], metavar='SECTION.KEY=VALUE',
-                        help='override a config key in every stage (repeatable)')
+    add_config_arguments(parser, set_help='override a config key in every stage (repeatable)')
     parser.add_argument('--out', required=True, help='directory of the protocol run')
     parser.add_argument('--lif-epochs', type=int, required=True)
     parser.add_argument('--hosnn-epochs', type=int, required=True)
@@ -86,11 +80,7 @@ def stage_finished(stage_dir):
 
 
 def load_model(cfg, stage_dir, ctx):
-    dtype = getattr(torch, cfg['DEFAULT']['dtype'])
-    model = Network(cfg['Network'], cfg['Layers'], input_shape(cfg)).to(dtype)
-    path = os.path.join(stage_dir, 'best.pth')
-    load_weights(model, load_checkpoint(path), path)
-    return model.to(ctx.device).eval()
+    return build_model(cfg, os.path.join(stage_dir, 'best.pth'), ctx.device).eval()
 
 
 def robustness_table(models, stage_cfgs, loader, strengths, ctx, outputs, ft):
@@ -103,17 +93,16 @@ def robustness_table(models, stage_cfgs, loader, strengths, ctx, outputs, ft):
 
     def measure(source, attack, eps, targets):
         cfg = stage_cfgs[source]
-        network = cfg['Network']
         return accuracy_under_attack(
-            models[source], [models[t] for t in targets], loader, network, ctx, outputs.progress,
-            attack, eps / network['std'], cfg['ATTACK']['clamp'],
+            models[source], [models[t] for t in targets], loader, ctx, outputs.progress,
+            attack, Normalization.of(cfg['Network']).to_model_units(eps), attack_bounds(cfg),
             desc=f"{source} {attack or 'clean'} eps={eps:.4f}")
 
     for name in MODELS:
         (accuracy,), n = measure(name, None, 0.0, [name])
         record('clean', 0.0, name, accuracy, n)
     for eps in strengths:
-        for attack in ADVERSARIAL_TEST_ATTACKS + ('noise',):
+        for attack in attacks_for('test') + attacks_for('baseline'):
             for name in MODELS:
                 if attack == 'pgd':
                     # One PGD pass gives the white-box row and the partner's transfer row.
@@ -169,7 +158,7 @@ def run_protocol(args, base, warnings, ctx):
     seed_everything(base['DEFAULT']['seed'] + 1000 * ctx.rank)
     models = {name: load_model(stages[name], os.path.join(out_dir, name), ctx) for name in MODELS}
     _, test_loader, _ = build_loaders(base, ctx, args.workers)
-    ft = {'fgm': 'FGSM', 'pgd': 'PGD'}[base['ATTACK']['ft_method']]
+    ft = training_attack(base['ATTACK']['ft_method']).title
     rows = robustness_table(models, stages, test_loader, attack_strengths(base), ctx,
                             summary_outputs, ft)
     table = format_markdown_table(rows, ft)

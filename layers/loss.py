@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 
 from .neuron import psp
-from .settings import NetworkSettings, desired_pattern
+from .settings import desired_pattern
 
 
 def kernel_target(labels, n_class, n_steps, tau_s, dtype):
@@ -23,20 +23,19 @@ def filtered_kernel_target(labels, settings, dtype):
     return psp(target.movedim(-1, 0), settings.tau_s).movedim(0, -1)
 
 
-def compute_loss(out, labels, network_cfg):
+def compute_loss(out, labels, settings):
     """The training loss: ``kernel`` (0.5 * squared error against the filtered target) or
-    ``softmax`` (cross-entropy of the time-averaged output)."""
-    settings = NetworkSettings.of(network_cfg)
+    ``softmax`` (cross-entropy of the time-averaged output). ``settings``: the model's
+    ``NetworkSettings`` (``model.settings``)."""
     if settings.loss == 'kernel':
         target = filtered_kernel_target(labels, settings, out.dtype)
         return 0.5 * torch.sum((out - target) ** 2)
     return F.cross_entropy(out.mean(-1).flatten(1), labels)
 
 
-def attack_loss(out, labels, network_cfg):
+def attack_loss(out, labels, settings):
     """The loss the attacks ascend (SPEC §6): softmax models use the softmax loss, kernel models
     the cross-entropy of the output (class dim 1) against the filtered target as probabilities."""
-    settings = NetworkSettings.of(network_cfg)
     if settings.loss == 'kernel':
         return F.cross_entropy(out, filtered_kernel_target(labels, settings, out.dtype))
     return F.cross_entropy(out.mean(-1).flatten(1), labels)

@@ -36,11 +36,6 @@ class NetworkSettings:
         return self.neuron.adaptive
 
     @classmethod
-    def of(cls, network_cfg):
-        """``network_cfg`` as settings: parsed if it is the YAML's ``Network`` dict."""
-        return network_cfg if isinstance(network_cfg, cls) else cls.from_config(network_cfg)
-
-    @classmethod
     def from_config(cls, cfg, where='Network'):
         if not isinstance(cfg, dict):
             raise ConfigError(f"{where} must be a mapping, got {type(cfg).__name__}")

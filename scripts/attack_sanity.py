@@ -15,7 +15,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from attack import PGD_STEP_DIVISOR, PGD_STEPS, iterative_attack  # noqa: E402
+from attack import ATTACKS, Normalization, attack_bounds, iterative_attack  # noqa: E402
 from checkpoint import load_checkpoint, load_weights  # noqa: E402
 from config import input_shape  # noqa: E402
 from datasets import build_datasets  # noqa: E402
@@ -42,8 +42,9 @@ def accuracy(model, cfg, loader, eps, steps, step_size):
     for images, labels in loader:
         x = time_expand(images, network['n_steps'])
         if eps > 0:
-            x = iterative_attack(model, x, labels, eps / network['std'], network,
-                                 cfg['ATTACK']['clamp'], steps, step_size / network['std'])
+            units = Normalization.of(network)
+            x = iterative_attack(model, x, labels, units.to_model_units(eps), attack_bounds(cfg),
+                                 steps, units.to_model_units(step_size))
         with torch.no_grad():
             out, _ = model(x, False)
         correct += (predict(out) == labels).sum().item()
@@ -67,7 +68,9 @@ def main(argv=None):
         row = {'model': name, 'n_samples': len(test_set), 'clean': accuracy(model, cfg, loader, 0, 0, 0)}
         for text in BUDGETS:
             eps = float(Fraction(text))
-            row[f'pgd7 {text}'] = accuracy(model, cfg, loader, eps, PGD_STEPS, eps / PGD_STEP_DIVISOR)
+            pgd = ATTACKS['pgd'].params
+            row[f'pgd7 {text}'] = accuracy(model, cfg, loader, eps, pgd['steps'],
+                                           eps / pgd['step_divisor'])
         steps, text = LONG_PGD
         eps = float(Fraction(text))
         row[f'pgd{steps} {text}'] = accuracy(model, cfg, loader, eps, steps, eps / 20)

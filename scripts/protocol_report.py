@@ -14,6 +14,7 @@ from fractions import Fraction
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from attack import training_attack  # noqa: E402
 from protocol import MODELS, TITLES, format_markdown_table  # noqa: E402
 
 ATTACK_PANELS = ('fgsm', 'pgd', 'bim')
@@ -92,7 +93,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     summary = load(os.path.join(args.run_dir, 'results.json'))
     stages = {name: load(os.path.join(args.run_dir, name, 'results.json')) for name in MODELS}
-    ft = {'fgm': 'FGSM', 'pgd': 'PGD'}[summary['config']['ATTACK']['ft_method']]
+    ft = training_attack(summary['config']['ATTACK']['ft_method']).title
     os.makedirs(args.out_dir, exist_ok=True)
     with open(os.path.join(args.out_dir, 'results.json'), 'w') as f:
         json.dump({'protocol': summary, 'stages': stages}, f, indent=1)

@@ -69,7 +69,7 @@ def check_fused_matches(device):
     def run_net():
         net.zero_grad()
         out, _ = net(x, False)
-        compute_loss(out, labels, network_cfg).backward()
+        compute_loss(out, labels, net.settings).backward()
         return [out.detach()] + [p.grad.clone() for p in net.parameters()]
     fast, plain = _both_paths(run_net)
     _assert_match(fast, plain, 'network')
@@ -83,6 +83,7 @@ def test_plain_loop_on_float64_and_cpu():
         assert not fused.available(torch.zeros(1))
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(fused.triton is None, reason='Triton is not installed')
 def test_fused_kernels_in_the_triton_interpreter():
     env = dict(os.environ, TRITON_INTERPRET='1')

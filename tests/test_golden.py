@@ -4,8 +4,9 @@ import os
 import pytest
 import torch
 
-from attack import bim, fgsm, pgd
+from attack import ATTACKS, Normalization
 from conftest import ROOT, load_golden
+from engine import build_optimizer, train_step
 from layers import Network, compute_loss
 
 RTOL, ATOL = 1e-6, 1e-9
@@ -45,7 +46,7 @@ def forward_backward(net, case, network_cfg, mode):
     net.zero_grad(set_to_none=True)
     x = case['input'].clone().requires_grad_(True)
     out, nds = net(x, False)
-    loss = compute_loss(out, case['labels'], network_cfg)
+    loss = compute_loss(out, case['labels'], net.settings)
     loss.backward()
     return out, loss, x.grad
 
@@ -85,11 +86,12 @@ def test_attacks(file_name, case_name, device):
     for mode in case['forward']:  # reproduce the BN running statistics of the recording
         forward_backward(net, case, network_cfg, mode)
     net.eval()
+    units = Normalization.of(network_cfg)
+    bounds = units.bounds() if case['attack_clamp'] else None
     for eps, expected in case['attacks'].items():
-        eps_scaled = float(eps) / network_cfg['std']
-        for name, attack in (('fgm', fgsm), ('pgd', pgd), ('bim', bim)):
-            x_adv = attack(net, case['input'], case['labels'], eps_scaled, network_cfg,
-                           clamp=case['attack_clamp'])
+        eps_scaled = units.to_model_units(float(eps))
+        for name, attack in (('fgm', 'fgsm'), ('pgd', 'pgd'), ('bim', 'bim')):
+            x_adv = ATTACKS[attack](net, case['input'], case['labels'], eps_scaled, bounds)
             match = torch.isclose(x_adv, expected[name], rtol=RTOL, atol=ATOL).double().mean()
             assert match >= ATTACK_MATCH, f"{case_name} {name} eps={eps}: {match:.4f} of elements match"
 
@@ -103,13 +105,9 @@ def test_one_training_step(file_name, case_name, device):
         forward_backward(net, case, network_cfg, mode)
     # (the recorded attacks ran in eval mode: they do not change the BN statistics)
     net.train()
-    optimizer = torch.optim.AdamW(net.parameters(), lr=network_cfg['lr'], betas=(0.9, 0.999))
-    optimizer.zero_grad()
-    out, _ = net(case['input'], False)
-    compute_loss(out, case['labels'], network_cfg).backward()
-    torch.nn.utils.clip_grad_norm_(net.parameters(), 1)
-    optimizer.step()
-    net.weight_clipper()
+    # The training loop's own step (engine.train_step); the recording ran it without dropout.
+    train_step(net, case['input'], case['labels'], build_optimizer(net, network_cfg['lr']),
+               dropout=False)
     state = net.state_dict()
     assert set('module.' + k for k in state) == set(case['after_step'])
     for key, expected in case['after_step'].items():
