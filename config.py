@@ -11,9 +11,9 @@ import yaml
 
 from layers import ConfigError, NetworkSettings, layer_shapes, read_nds_file, unknown_layer_keys
 from layers.config_keys import get_bool, get_choice, get_number
+from attack import FT_METHODS  # ATTACK.ft_method: the attacks of usage 'train' (attack.ATTACKS)
 from paths import PROJECT_ROOT, resolve_input_path
 
-DATASET_CONFIGS = {0: 'MNIST', 1: 'CIFAR10', 2: 'CIFAR100', 3: 'FashionMNIST', 4: 'SVHN'}
 SECTIONS = ('DEFAULT', 'Network', 'ATTACK', 'Layers')
 DTYPES = ('float32', 'float64')
 
@@ -26,7 +26,6 @@ NETWORK_KEYS = {'epochs', 'model', 'tau_v', 'ckpt_v', 'batch_size', 'lr', 'T_max
 # Carried by the published YAMLs but read by nothing (TSSL-BP leftovers): accepted silently.
 PUBLISHED_UNUSED_KEYS = {'desired_count', 'undesired_count', 'rule'}
 ATTACK_KEYS = {'strength', 'train', 'ft_method', 'clamp'}
-FT_METHODS = ('fgm', 'pgd')
 # The published kernel-loss code (MNIST/CIFAR10) fixed the cosine period at 200 epochs; the softmax
 # code (CIFAR100) used the number of epochs.
 PUBLISHED_KERNEL_T_MAX = 200
@@ -36,11 +35,13 @@ _EPSILON = re.compile(rf'^\s*({_NUMBER})\s*(?:/\s*({_NUMBER})\s*)?$')
 
 
 def config_path_for_dataset(index):
-    """``-d N`` -> ``networks/<name>.yaml``."""
-    if index not in DATASET_CONFIGS:
-        raise ConfigError(f"-d {index}: choose one of " +
-                          ', '.join(f"{i} ({n})" for i, n in DATASET_CONFIGS.items()))
-    return os.path.join(PROJECT_ROOT, 'networks', f"{DATASET_CONFIGS[index]}.yaml")
+    """``-d N`` -> ``networks/<name>.yaml``, by the data-set registry (``datasets.DATASETS``)."""
+    from datasets import DATASETS, yaml_path
+    for spec in DATASETS.values():
+        if spec.index == index:
+            return yaml_path(spec)
+    raise ConfigError(f"-d {index}: choose one of " +
+                      ', '.join(f"{spec.index} ({spec.name})" for spec in DATASETS.values()))
 
 
 def parse_epsilon(value, where):
