@@ -7,7 +7,7 @@ INSTALLED := $(VENV)/.installed
 FASHION_MNIST := /usr/share/datasets/fashion-mnist
 DEMO_OUT := runs/demo
 
-.PHONY: test demo bench venv clean
+.PHONY: test test-fast demo bench venv clean
 
 venv: $(INSTALLED)
 
@@ -18,6 +18,10 @@ $(INSTALLED): requirements.txt
 
 test: $(INSTALLED)
 	$(PY) -m pytest -q tests
+
+# Everything but the tests marked slow (torchrun, the protocol end to end, the Triton interpreter).
+test-fast: $(INSTALLED)
+	$(PY) -m pytest -q -m "not slow" tests
 
 # About 6 minutes on 2 CPU cores: one epoch per stage on the 60 000 training images, attacks on the
 # first 1000 test images, two processes (gloo). Fashion-MNIST comes from Debian's

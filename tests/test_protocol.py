@@ -3,6 +3,7 @@ LIF vs HoSNN table with the transfer and noise rows, and --resume skipping finis
 import json
 import os
 
+import pytest
 import torch
 
 import protocol
@@ -12,6 +13,7 @@ from fixtures import write_mnist_like
 N_TEST = 21
 
 
+@pytest.mark.slow
 def test_protocol_end_to_end(tmp_path, monkeypatch, capsys):
     data = str(tmp_path / 'data')
     write_mnist_like(data, 64, N_TEST)
