@@ -167,7 +167,7 @@ def first_nonfinite(state_dict):
 
 
 def save_checkpoint(path, model_without_ddp, epoch, **extra):
-    """``{'net', 'epoch'}`` plus ``extra`` (optimizer, scheduler, rng, config, best_acc, ...).
+    """``{'net', 'epoch'}`` plus ``extra`` (optimizer, scheduler, rng, config, best, results).
     Weights holding NaN/Inf are never written (the training loop stops a diverged run earlier,
     with the epoch and step; this is the last line of defence for every caller)."""
     net = released_state_dict(model_without_ddp)

@@ -1,4 +1,4 @@
-"""The user errors of the data-set code (one-line messages; main.run_cli exits with status 2)."""
+"""The user errors of the data-set code (one-line messages; runner.run_cli exits with status 2)."""
 
 
 class DatasetNotFound(Exception):
