@@ -1,5 +1,6 @@
 """The neuron loop of SPEC §4 as one Triton kernel per layer (forward) and one for the surrogate
-backward, for CUDA tensors in float32/float16/bfloat16.
+backward, for CUDA tensors in float32/float16/bfloat16: the CUDA implementation of the
+``'published'`` backward of ``layers/neuron_registry.py`` (``layers.neuron.spike`` dispatches here).
 
 On a GPU the plain PyTorch loop launches about six element-wise kernels per time step and layer,
 and small networks become launch-bound; here each neuron runs its whole time loop in registers.
