@@ -1,0 +1,837 @@
+"""Adaptive robustness evaluation: attacks that see the TA-LIF dynamics, threat models, the
+per-sample worst case and the sanity checks of a trustworthy robustness number (issue 9).
+
+The published attacks (SPEC §6, ``attack.py``) differentiate the published backward, which
+passes nothing through the adaptive threshold or the membrane across time steps. This module
+adds attacks that can also use the exact BPTT gradient (``layers/bptt.py``) with a sweep of
+surrogates, margin losses, random starts and restarts, AutoAttack's APGD and Square (from
+``torchattacks``, not rewritten), and transfer from a partner model; and it reports, per image,
+whether *any* attack of the suite fooled it.
+
+Units. Model inputs are normalised images repeated over time, ``x[B, C, H, W, T]``. A threat
+model (:class:`ThreatModel`) turns a pixel ε into model units ``ε / std_c`` (per channel) and
+says what may be perturbed: ``per-step`` (published: every time step separately) or ``static``
+(one perturbation of the image, repeated over T: what a camera image allows), clamped to the
+valid pixel range or not (published MNIST family: not). Our attacks optimise the perturbation
+``delta`` itself (``[B, C, H, W, T]`` or ``[B, C, H, W]``), so ``delta = 0`` is the clean input
+bit for bit.
+
+Scores. ``predict`` takes the argmax of ``out.sum(-1)``; every loss here is computed on those
+class scores, so "the loss went up" and "the prediction changed" talk about the same numbers.
+
+Verification. Whatever an attack returns is projected onto the threat model's ε-ball (a no-op
+for a correct attack) and classified again by the plain model under ``no_grad``: an image is
+*fooled* only if that prediction is wrong. Rows, the worst case and per_sample.npz all come from
+these verified predictions.
+"""
+import dataclasses
+import hashlib
+import io
+import json
+import math
+import os
+import platform
+import subprocess
+import time
+from fractions import Fraction
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from layers.bptt import PUBLISHED, SURROGATES, gradient_path_name, use_gradient_path
+
+THREATS = ('per-step', 'static')
+SUITES = ('published', 'quick', 'full')
+PUBLISHED_LABEL = 'published attack'
+SANITY_EPS = Fraction(64, 255)  # the worst case must fall to <= 1% here, else masking is suspected
+SANITY_MAX_ACCURACY = 0.01
+ZERO_GRADIENT_MAX_SHARE = 0.10  # more images than this with an exactly-zero input gradient fails
+BLACK_BOX_MAX_EXTRA = 0.01      # Square may break at most this share of images white-box missed
+PGD_STEP_FRACTION = 2.5         # PGD step = 2.5 eps / steps (Madry et al. 2018)
+PUBLISHED_ATTACKS = ('fgsm', 'rfgsm', 'pgd', 'bim')  # the published test, in its order
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+# --- ε as an exact fraction ---------------------------------------------------------------------
+
+def parse_eps(value, where='--eps'):
+    """``'8/255'``, ``'0.03'``, a number or a Fraction -> Fraction (never ``eval``-ed)."""
+    try:
+        if isinstance(value, float):
+            eps = Fraction(value).limit_denominator(100000)
+        else:
+            eps = Fraction(str(value).strip())
+    except (ValueError, ZeroDivisionError):
+        raise ValueError(f"{where}: {value!r} is not a number or a fraction such as 8/255") from None
+    if eps < 0:
+        raise ValueError(f"{where}: {value!r} is negative")
+    return eps
+
+
+def eps_text(eps):
+    return str(Fraction(eps))
+
+
+# --- threat models ------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class ThreatModel:
+    """What an attacker may do to ``x[B, C, H, W, T]``; ``mean``/``std`` per channel (pixels)."""
+    threat: str
+    clamp: bool
+    mean: tuple
+    std: tuple
+    n_steps: int
+
+    def __post_init__(self):
+        if self.threat not in THREATS:
+            raise ValueError(f"threat model {self.threat!r}: choose one of {', '.join(THREATS)}")
+
+    @property
+    def static(self):
+        return self.threat == 'static'
+
+    def _per_channel(self, values, ref, time_axis):
+        shape = (1, -1, 1, 1, 1) if time_axis else (1, -1, 1, 1)
+        return torch.tensor(values, dtype=ref.dtype, device=ref.device).view(shape)
+
+    def eps_model(self, eps, ref):
+        """ε per channel in model units, shaped to broadcast against the perturbation."""
+        return self._per_channel([float(eps) / s for s in self.std], ref, not self.static)
+
+    def delta_shape(self, x):
+        return x.shape[:-1] if self.static else x.shape
+
+    def apply(self, x, delta):
+        """The perturbed model input."""
+        return x + delta.unsqueeze(-1) if self.static else x + delta
+
+    def project(self, x, delta, eps):
+        """``delta`` onto the ε-ball and, when clamping, onto the valid pixel range."""
+        bound = self.eps_model(eps, x)
+        delta = torch.max(torch.min(delta, bound), -bound)
+        if self.clamp:
+            base = x[..., 0] if self.static else x
+            low = self._per_channel([(0 - m) / s for m, s in zip(self.mean, self.std)], x,
+                                    not self.static)
+            high = self._per_channel([(1 - m) / s for m, s in zip(self.mean, self.std)], x,
+                                     not self.static)
+            delta = torch.max(torch.min(delta, high - base), low - base)
+        return delta
+
+    # The "image" form torchattacks works on: pixels, with T folded into the channels (per-step).
+    def to_image(self, x):
+        pixels = x * self._per_channel(self.std, x, True) + self._per_channel(self.mean, x, True)
+        if self.static:
+            return pixels[..., 0]
+        batch, channels, height, width, steps = pixels.shape
+        return pixels.permute(0, 1, 4, 2, 3).reshape(batch, channels * steps, height, width)
+
+    def image_delta_to_model(self, delta_image):
+        """A pixel perturbation of the image form -> ``delta`` in model units."""
+        if self.static:
+            return delta_image / self._per_channel(self.std, delta_image, False)
+        batch, folded, height, width = delta_image.shape
+        delta = delta_image.view(batch, folded // self.n_steps, self.n_steps, height, width)
+        return delta.permute(0, 1, 3, 4, 2) / self._per_channel(self.std, delta_image, True)
+
+    def from_image(self, image):
+        """The image form -> the model input ``x[B, C, H, W, T]``."""
+        if self.static:
+            pixels = image.unsqueeze(-1).expand(*image.shape, self.n_steps)
+        else:
+            batch, folded, height, width = image.shape
+            pixels = image.view(batch, folded // self.n_steps, self.n_steps, height, width)
+            pixels = pixels.permute(0, 1, 3, 4, 2)
+        x = (pixels - self._per_channel(self.mean, image, True)) / self._per_channel(self.std, image, True)
+        return x.contiguous()
+
+
+def class_scores(model, x):
+    """The scores ``predict`` takes the argmax of: the output summed over time, ``[B, n_class]``."""
+    out, _ = model(x, False)
+    return out.sum(-1).flatten(1)
+
+
+# --- losses on the class scores -----------------------------------------------------------------
+
+def _best_other(scores, labels):
+    other = scores.clone()
+    other[torch.arange(len(labels), device=labels.device), labels] = -math.inf
+    return other.max(1).values
+
+
+def margin_loss(scores, labels):
+    """CW margin ``max_{j != y} s_j - s_y`` per sample (> 0: fooled)."""
+    correct = scores.gather(1, labels[:, None])[:, 0]
+    return _best_other(scores, labels) - correct
+
+
+def dlr_loss(scores, labels):
+    """Difference of logits ratio (Croce & Hein 2020), per sample; needs >= 3 classes."""
+    ordered = scores.sort(dim=1).values
+    return margin_loss(scores, labels) / (ordered[:, -1] - ordered[:, -3] + 1e-12)
+
+
+LOSSES = {
+    'ce': lambda scores, labels: F.cross_entropy(scores, labels, reduction='none'),
+    'cw': margin_loss,
+    'dlr': dlr_loss,
+}
+
+
+# --- our attacks (model units; return the adversarial input) ------------------------------------
+
+def pgd(model, x, labels, threat, eps, loss='ce', steps=10, restarts=1, random_start=True,
+        step_size=None):
+    """L-inf PGD on the class scores with random start and restarts, under the threat model.
+
+    Keeps, per image, the first iterate that fools the model (every iterate lies in the ball)
+    and stops working on it; a restart only attacks the images no earlier restart fooled. The
+    gradient path is the model's current one (see :func:`layers.bptt.use_gradient_path`)."""
+    loss_fn = LOSSES[loss]
+    x = x.detach()
+    bound = threat.eps_model(eps, x)
+    alpha = bound * (PGD_STEP_FRACTION / steps) if step_size is None else bound * step_size
+    best = torch.zeros(threat.delta_shape(x), dtype=x.dtype, device=x.device)
+    fooled = torch.zeros(len(x), dtype=torch.bool, device=x.device)
+    for _ in range(restarts):
+        todo = (~fooled).nonzero()[:, 0]
+        if len(todo) == 0 or float(eps) == 0:
+            break
+        xs, ys = x[todo], labels[todo]
+        if random_start:
+            delta = (torch.rand_like(best[todo]) * 2 - 1) * bound
+        else:
+            delta = torch.zeros_like(best[todo])
+        delta = threat.project(xs, delta, eps)
+        for step in range(steps + 1):
+            last = step == steps
+            with torch.enable_grad():
+                delta.requires_grad_(not last)
+                scores = class_scores(model, threat.apply(xs, delta))
+                if not last:
+                    (grad,) = torch.autograd.grad(loss_fn(scores, ys).sum(), delta)
+            delta = delta.detach()
+            wrong = scores.detach().argmax(1) != ys
+            if wrong.any():  # record and drop the images fooled by this iterate
+                best[todo[wrong]] = delta[wrong]
+                fooled[todo[wrong]] = True
+                keep = ~wrong
+                todo, xs, ys, delta = todo[keep], xs[keep], ys[keep], delta[keep]
+                if not last:
+                    grad = grad[keep]
+                if len(todo) == 0:
+                    break
+            if last:
+                best[todo] = delta  # not fooled: the last iterate
+                break
+            delta = threat.project(xs, delta + alpha * grad.sign(), eps)
+    return threat.apply(x, best)
+
+
+class ImageModel(nn.Module):
+    """The model as torchattacks expects it: images in ``[0, 1]`` in, class scores out.
+
+    Clamped threat model: the image is the pixel image (T folded into the channels for
+    per-step). Unclamped: an affine rescaling ``z = (p + eps) / (1 + 2 eps)`` maps the ball
+    around any valid image into ``[0, 1]``, so torchattacks' own clamp never binds; its ε is
+    ``eps / (1 + 2 eps)``."""
+
+    def __init__(self, model, threat, eps):
+        super().__init__()
+        self.model = model
+        self.threat = threat
+        self.n_class = model.settings.n_class
+        self.offset, self.scale = (0.0, 1.0) if threat.clamp else (float(eps), 1 + 2 * float(eps))
+        self.eps = float(eps) / self.scale
+
+    def encode(self, x):
+        return (self.threat.to_image(x) + self.offset) / self.scale
+
+    def forward(self, z):
+        return class_scores(self.model, self.threat.from_image(z * self.scale - self.offset))
+
+
+def torchattacks_attack(make, model, x, labels, threat, eps):
+    """Run ``make(wrapper, eps_image)`` (a torchattacks attack) and return the model input.
+    torchattacks reseeds torch's global RNG: it runs inside ``fork_rng``."""
+    if float(eps) == 0:
+        return x.detach()
+    wrapper = ImageModel(model, threat, eps)
+    z = wrapper.encode(x.detach())
+    devices = [x.device] if x.device.type == 'cuda' else []
+    with torch.random.fork_rng(devices=devices):
+        z_adv = make(wrapper, wrapper.eps)(z, labels)
+    delta = threat.image_delta_to_model((z_adv.to(x.dtype) - z) * wrapper.scale)
+    return threat.apply(x, threat.project(x, delta, eps))
+
+
+def _apgd(loss):
+    def make(steps, restarts=1):
+        import torchattacks
+        return lambda wrapper, eps: torchattacks.APGD(wrapper, norm='Linf', eps=eps, steps=steps,
+                                                      n_restarts=restarts, loss=loss, seed=0)
+    return make
+
+
+def _apgdt(steps, restarts=1, targets=3):
+    import torchattacks
+
+    def make(wrapper, eps):
+        attack = torchattacks.APGDT(wrapper, norm='Linf', eps=eps, steps=steps,
+                                    n_restarts=restarts, seed=0, n_classes=wrapper.n_class)
+        attack.n_target_classes = min(targets, wrapper.n_class - 1)  # AutoAttack's cheap version
+        return attack
+    return make
+
+
+def _square(queries, restarts=1):
+    import torchattacks
+    return lambda wrapper, eps: torchattacks.Square(wrapper, norm='Linf', eps=eps,
+                                                    n_queries=queries, n_restarts=restarts,
+                                                    loss='margin', seed=0)
+
+
+# --- the suite ----------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class AttackSpec:
+    """One attack of a suite. ``gradient``: a path name (``published``, ``bptt:<shape>:<k>``),
+    ``best:<n>`` (the n-th strongest path of this group's PGD rows so far), ``none`` (black
+    box) or ``partner:<path>`` (transfer). ``survivors``: run only on images every earlier
+    attack of the group failed on (its row is then the worst case after it)."""
+    attack: str
+    gradient: str
+    loss: str
+    steps: int
+    restarts: int = 1
+    survivors: bool = False
+
+    @property
+    def published(self):
+        return self.attack.startswith('published-')
+
+
+def gradient_paths(suite):
+    """The gradient paths a suite sweeps (the published backward first)."""
+    if suite == 'published':
+        return [PUBLISHED]
+    if suite == 'quick':
+        return [PUBLISHED, 'bptt:published:5', 'bptt:fast-sigmoid:2.5']
+    sweep = [PUBLISHED]
+    for shape, surrogate in SURROGATES.items():
+        for factor in (0.5, 1, 2):
+            sweep.append(gradient_path_name(f"bptt:{shape}:{surrogate.default_sharpness * factor}"))
+    return sweep
+
+
+def suite_plan(suite, threat, eps, partner=False, sanity=False, largest=False):
+    """The attacks of ``suite`` at one ε and threat model, in the order they run."""
+    plan = []
+    if threat == 'per-step':  # the published attacks perturb every time step
+        plan += [AttackSpec(f"published-{name}", PUBLISHED, 'published',
+                            {'fgsm': 1, 'rfgsm': 1, 'pgd': 7, 'bim': 7}[name])
+                 for name in PUBLISHED_ATTACKS]
+    if suite == 'published':
+        return plan
+    if suite == 'quick' or sanity:
+        paths = gradient_paths('quick')
+        plan += [AttackSpec('pgd', path, 'ce', 10) for path in paths]
+        plan += [AttackSpec('pgd', path, 'cw', 10) for path in paths]
+        plan += [AttackSpec('apgd-ce', 'best:1', 'ce', 25), AttackSpec('apgd-dlr', 'best:1', 'dlr', 25)]
+        if largest and not sanity:
+            plan += [AttackSpec('pgd', 'best:1', 'ce', 7), AttackSpec('pgd', 'best:1', 'ce', 100)]
+        if partner and not sanity:
+            plan.append(AttackSpec('transfer-pgd', 'partner:bptt:published:5', 'ce', 20, 2))
+        return plan
+    # full: a PGD-CE sweep over every surrogate shape and sharpness ranks the gradient paths,
+    # then the strongest ones carry the expensive attacks.
+    plan += [AttackSpec('pgd', path, 'ce', 10) for path in gradient_paths('full')]
+    for rank in ('best:1', 'best:2'):
+        plan += [AttackSpec('pgd', rank, 'cw', 20, 2), AttackSpec('apgd-ce', rank, 'ce', 50),
+                 AttackSpec('apgd-dlr', rank, 'dlr', 50)]
+    plan.append(AttackSpec('apgd-t', 'best:1', 'dlr-targeted', 25))
+    plan += [AttackSpec('pgd', 'best:1', 'ce', 7), AttackSpec('pgd', 'best:1', 'ce', 100)]
+    if partner:
+        plan.append(AttackSpec('transfer-pgd', 'partner:bptt:published:5', 'ce', 20, 2))
+        plan.append(AttackSpec('transfer-pgd', 'partner:published', 'ce', 20, 2))
+    plan.append(AttackSpec('square', 'none', 'margin', 5000, survivors=True))
+    return plan
+
+
+def row_label(row):
+    if row['attack'].startswith('published-'):
+        return f"{row['attack'][len('published-'):].upper()} ({PUBLISHED_LABEL})"
+    return f"{row['attack']} [{row['gradient']}, {row['loss']}, {row['steps']}x{row['restarts']}]"
+
+
+def _run_one(spec, gradient, model, partner, x, labels, threat, eps, published_attack):
+    """The adversarial input of one attack on one batch."""
+    if spec.published:
+        return published_attack(spec.attack[len('published-'):], model, x, labels, eps, threat.clamp)
+    if spec.attack == 'transfer-pgd':
+        with use_gradient_path(partner, gradient):
+            return pgd(partner, x, labels, threat, eps, 'ce', spec.steps, spec.restarts)
+    with use_gradient_path(model, gradient if gradient != 'none' else PUBLISHED):
+        if spec.attack == 'pgd':
+            return pgd(model, x, labels, threat, eps, spec.loss, spec.steps, spec.restarts)
+        if spec.attack in ('apgd-ce', 'apgd-dlr'):
+            make = _apgd(spec.loss)(spec.steps, spec.restarts)
+        elif spec.attack == 'apgd-t':
+            make = _apgdt(spec.steps, spec.restarts)
+        elif spec.attack == 'square':
+            make = _square(spec.steps, spec.restarts)
+        else:
+            raise ValueError(f"unknown attack {spec.attack!r}")
+        return torchattacks_attack(make, model, x, labels, threat, eps)
+
+
+class Evaluation:
+    """Runs suites on one process's shard of the sample set and keeps, per row, which of its
+    images were fooled (1), not fooled (0) or not attacked (-1)."""
+
+    def __init__(self, model, images, labels, indices, ctx, batch_size, published_attack,
+                 partner=None, log=print, all_reduce=None):
+        self.model, self.partner = model, partner
+        self.images, self.labels = images, labels  # on the model's device
+        self.indices = indices.cpu()  # per-sample bookkeeping stays on the CPU
+        self.ctx, self.batch_size = ctx, batch_size
+        self.published_attack = published_attack
+        self.log = log
+        self.all_reduce = all_reduce or (lambda values: torch.as_tensor(values, dtype=torch.float64))
+        self.n_steps = model.settings.n_steps
+        self.clean_correct = self._predictions_correct()
+        self.rows, self.fooled, self.checks, self.timings = [], [], [], {}
+
+    def _time_expand(self, images):
+        return images.unsqueeze(-1).expand(*images.shape, self.n_steps).contiguous()
+
+    def _batches(self, index):
+        for start in range(0, len(index), self.batch_size):
+            yield index[start:start + self.batch_size]
+
+    def _predictions_correct(self):
+        correct = torch.zeros(len(self.labels), dtype=torch.bool)
+        with torch.no_grad():
+            for batch in self._batches(torch.arange(len(self.labels))):
+                x, y = self._take(batch)
+                correct[batch] = (class_scores(self.model, x).argmax(1) == y).cpu()
+        return correct
+
+    def _take(self, batch):
+        """The time-expanded inputs and labels of the CPU index ``batch``, on the device."""
+        on_device = batch.to(self.labels.device)
+        return self._time_expand(self.images[on_device]), self.labels[on_device]
+
+    def global_count(self, *values):
+        return [int(v) for v in self.all_reduce(list(values)).tolist()]
+
+    def _rank_paths(self, group_rows):
+        """Gradient paths of this group's white-box PGD rows, strongest (lowest accuracy) first."""
+        best = {}
+        for row in group_rows:
+            if row['attack'] == 'pgd' and not row['gradient'].startswith(('partner', 'none')):
+                best[row['gradient']] = min(best.get(row['gradient'], 2.0), row['accuracy'])
+        return sorted(best, key=lambda path: best[path])  # stable: ties keep the sweep order
+
+    def run_group(self, suite, threat, eps_list, partner=False, largest_eps=None, sanity=False):
+        """Every attack of ``suite`` at every ε of ``eps_list`` under ``threat``."""
+        for eps in eps_list:
+            group_rows = []
+            robust = self.clean_correct.clone()  # robust to every attack so far (this group)
+            plan = suite_plan(suite, threat.threat, eps, partner=partner and self.partner is not None,
+                              sanity=sanity, largest=eps == largest_eps)
+            for spec in plan:
+                gradient = spec.gradient
+                if gradient.startswith('best:'):
+                    ranked = self._rank_paths(group_rows)
+                    n = int(gradient.split(':')[1])
+                    if n > len(ranked):
+                        continue  # fewer paths than ranks: the same attack would run twice
+                    gradient = ranked[n - 1]
+                row = self._run_row(spec, gradient, threat, eps, robust, sanity)
+                group_rows.append(row)
+            self._log_worst(threat, eps, robust)
+
+    def _run_row(self, spec, gradient, threat, eps, robust, sanity):
+        start = time.perf_counter()
+        fooled = (~self.clean_correct).to(torch.int8)
+        targets = robust if spec.survivors else self.clean_correct
+        index = targets.nonzero()[:, 0]
+        if spec.survivors:
+            fooled[~robust & self.clean_correct] = -1  # not attacked: already broken
+        partner_path = gradient[len('partner:'):] if gradient.startswith('partner:') else gradient
+        for batch in self._batches(index):
+            x, y = self._take(batch)
+            x_adv = _run_one(spec, partner_path, self.model, self.partner, x, y, threat, eps,
+                             self.published_attack)
+            with torch.no_grad():
+                wrong = (class_scores(self.model, x_adv.detach()).argmax(1) != y).cpu()
+            fooled[batch] = wrong.to(torch.int8)
+        robust &= fooled != 1
+        if spec.survivors:
+            not_fooled = int(robust.sum())  # the row of a survivors-only attack: the worst case after it
+        else:
+            not_fooled = int((fooled == 0).sum())
+        correct, n = self.global_count(not_fooled, len(self.labels))
+        row = {'attack': spec.attack, 'gradient': gradient, 'loss': spec.loss, 'steps': spec.steps,
+               'restarts': spec.restarts, 'eps': eps_text(eps), 'threat': threat.threat,
+               'clamp': threat.clamp, 'accuracy': correct / max(n, 1), 'n_samples': n,
+               'scope': 'survivors' if spec.survivors else 'all',
+               'path_choice': spec.gradient if spec.gradient.startswith('best:') else 'fixed',
+               'label': PUBLISHED_LABEL if spec.published else 'adaptive',
+               'sanity_eps': sanity, 'time_s': round(time.perf_counter() - start, 3)}
+        self.rows.append(row)
+        self.fooled.append(fooled)
+        self.log(f"  {row_label(row):<58} eps={row['eps']:<7} {threat.threat:<8} "
+                 f"clamp={str(threat.clamp).lower():<5} {100 * row['accuracy']:6.2f}%  "
+                 f"({row['time_s']:.0f}s)")
+        return row
+
+    def _log_worst(self, threat, eps, robust):
+        correct, n = self.global_count(int(robust.sum()), len(self.labels))
+        self.log(f"  worst case at eps={eps_text(eps)} ({threat.threat}, clamp="
+                 f"{str(threat.clamp).lower()}): {100 * correct / max(n, 1):.2f}% of {n}")
+
+    def zero_gradient_shares(self, paths, threat):
+        """Per gradient path: the share of clean-correct images whose input gradient of the CE
+        loss on the class scores is exactly zero."""
+        shares = {}
+        index = self.clean_correct.nonzero()[:, 0]
+        for path in paths:
+            zero = 0
+            for batch in self._batches(index):
+                x, y = self._take(batch)
+                delta = torch.zeros(threat.delta_shape(x), dtype=x.dtype, device=x.device,
+                                    requires_grad=True)
+                with use_gradient_path(self.model, path), torch.enable_grad():
+                    scores = class_scores(self.model, threat.apply(x, delta))
+                    (grad,) = torch.autograd.grad(LOSSES['ce'](scores, y).sum(), delta)
+                zero += int((grad.flatten(1) == 0).all(1).sum())
+            zero, n = self.global_count(zero, len(index))
+            shares[path] = (zero, n)
+        return shares
+
+
+# --- gathering, worst case, checks --------------------------------------------------------------
+
+def gather(evaluation, all_gather):
+    """Every rank's per-sample results -> one table in the original sample order (rank 0)."""
+    local = {'indices': evaluation.indices.numpy(), 'labels': evaluation.labels.cpu().numpy(),
+             'clean_correct': evaluation.clean_correct.numpy(),
+             'fooled': (torch.stack(evaluation.fooled).numpy() if evaluation.fooled
+                        else np.zeros((0, len(evaluation.labels)), dtype=np.int8))}
+    parts = all_gather(local)
+    indices = np.concatenate([p['indices'] for p in parts])
+    order = np.argsort(indices, kind='stable')
+    return {'sample_index': indices[order],
+            'labels': np.concatenate([p['labels'] for p in parts])[order],
+            'clean_correct': np.concatenate([p['clean_correct'] for p in parts])[order],
+            'fooled': np.concatenate([p['fooled'] for p in parts], axis=1)[:, order]}
+
+
+def worst_case(rows, table):
+    """Per (ε, threat, clamp): the share of images that no attack fooled, and how many images
+    each attack broke first (in the order the attacks ran; 'clean' = misclassified unattacked)."""
+    groups = {}
+    for index, row in enumerate(rows):
+        groups.setdefault((row['eps'], row['threat'], row['clamp']), []).append(index)
+    results = []
+    for (eps, threat, clamp), members in groups.items():
+        broken = ~table['clean_correct'].astype(bool)
+        first = {'clean': int(broken.sum())}
+        for index in members:
+            newly = (table['fooled'][index] == 1) & ~broken
+            first[row_label(rows[index])] = int(newly.sum())
+            broken |= newly
+        n = len(broken)
+        results.append({'eps': eps, 'threat': threat, 'clamp': clamp,
+                        'accuracy': float((~broken).sum() / max(n, 1)), 'n_samples': int(n),
+                        'broken_first': first,
+                        'sanity_eps': any(rows[i].get('sanity_eps') for i in members)})
+    return results
+
+
+def sanity_checks(rows, worst, zero_shares):
+    """The checks of a trustworthy robustness number, each ``{check, passed, detail}``."""
+    checks = []
+    for entry in worst:
+        if Fraction(entry['eps']) != SANITY_EPS:
+            continue
+        passed = entry['accuracy'] <= SANITY_MAX_ACCURACY
+        checks.append({'check': f"worst case <= {100 * SANITY_MAX_ACCURACY:g}% at eps={entry['eps']} "
+                                f"({entry['threat']}, clamp={str(entry['clamp']).lower()})",
+                       'passed': passed,
+                       'detail': f"worst case {100 * entry['accuracy']:.2f}%" +
+                                 ('' if passed else ': gradient masking suspected')})
+    if not any(Fraction(e['eps']) == SANITY_EPS for e in worst):
+        checks.append({'check': f"worst case <= {100 * SANITY_MAX_ACCURACY:g}% at eps=64/255",
+                       'passed': None, 'detail': 'not run (--no-sanity-eps)'})
+    pgd_by_steps = {}
+    for row in rows:
+        if row['attack'] == 'pgd' and row['steps'] in (7, 100) and row['loss'] == 'ce' \
+                and row['restarts'] == 1:
+            key = (row['eps'], row['threat'], row['clamp'], row['gradient'])
+            pgd_by_steps.setdefault(key, {})[row['steps']] = row
+    compared = False
+    for (eps, threat, clamp, gradient), by_steps in pgd_by_steps.items():
+        if 7 in by_steps and 100 in by_steps:
+            compared = True
+            a7, a100 = by_steps[7]['accuracy'], by_steps[100]['accuracy']
+            n = by_steps[7]['n_samples']
+            passed = a100 <= a7 + 1 / max(n, 1)  # one image of slack for the random starts
+            checks.append({'check': f"PGD-100 not weaker than PGD-7 at eps={eps} ({threat}, "
+                                    f"clamp={str(clamp).lower()}, {gradient})",
+                           'passed': passed,
+                           'detail': f"PGD-7 {100 * a7:.2f}%, PGD-100 {100 * a100:.2f}%"})
+    if not compared:
+        checks.append({'check': 'PGD-100 not weaker than PGD-7', 'passed': None,
+                       'detail': 'this suite has no PGD-7/PGD-100 pair'})
+    square = [r for r in rows if r['attack'] == 'square']
+    for row in square:
+        before = [r for r in rows if (r['eps'], r['threat'], r['clamp']) ==
+                  (row['eps'], row['threat'], row['clamp']) and r['attack'] != 'square']
+        white = [r for r in before if not r['attack'].startswith('transfer')]
+        entry = next(e for e in worst if (e['eps'], e['threat'], e['clamp']) ==
+                     (row['eps'], row['threat'], row['clamp']))
+        extra = entry['broken_first'].get(row_label(row), 0)
+        n = row['n_samples']
+        passed = extra <= BLACK_BOX_MAX_EXTRA * n
+        checks.append({'check': f"black-box (Square) not stronger than white-box at eps={row['eps']} "
+                                f"({row['threat']}, clamp={str(row['clamp']).lower()})",
+                       'passed': passed,
+                       'detail': f"Square fooled {extra} of {n} images that all {len(white)} "
+                                 f"white-box attacks missed (allowed: {BLACK_BOX_MAX_EXTRA * n:g})"})
+    if not square:
+        checks.append({'check': 'black-box not stronger than white-box', 'passed': None,
+                       'detail': 'this suite has no black-box attack (use --suite full)'})
+    for (threat, clamp, path), (zero, n) in zero_shares.items():
+        share = zero / max(n, 1)
+        checks.append({'check': f"share of exactly-zero input gradients ({path}, {threat}, "
+                                f"clamp={str(clamp).lower()})",
+                       'passed': share <= ZERO_GRADIENT_MAX_SHARE,
+                       'detail': f"{zero} of {n} clean-correct images ({100 * share:.1f}%)"})
+    return checks
+
+
+# --- provenance and reports ---------------------------------------------------------------------
+
+def sha256_of(path):
+    digest = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for block in iter(lambda: f.read(1 << 20), b''):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def git_commit():
+    """HEAD of the repository (``+dirty`` with uncommitted changes to tracked files), or None."""
+    try:
+        head = subprocess.run(['git', 'rev-parse', 'HEAD'], cwd=ROOT, capture_output=True,
+                              text=True, timeout=10)
+        if head.returncode != 0:
+            return None
+        dirty = subprocess.run(['git', 'status', '--porcelain', '--untracked-files=no'], cwd=ROOT,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return head.stdout.strip() + ('+dirty' if dirty else '')
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def versions():
+    found = {'python': platform.python_version(), 'torch': torch.__version__, 'numpy': np.__version__}
+    try:
+        import torchattacks
+        found['torchattacks'] = torchattacks.__version__
+    except ImportError:
+        found['torchattacks'] = None
+    return found
+
+
+def per_sample_arrays(rows, table, worst):
+    """The per_sample.npz payload: plain arrays only (loadable with ``allow_pickle=False``)."""
+    group_of = {(e['eps'], e['threat'], e['clamp']): i for i, e in enumerate(worst)}
+    worst_robust = np.zeros((len(worst), len(table['labels'])), dtype=bool)
+    for key, i in group_of.items():
+        broken = ~table['clean_correct'].astype(bool)
+        for index, row in enumerate(rows):
+            if (row['eps'], row['threat'], row['clamp']) == key:
+                broken |= table['fooled'][index] == 1
+        worst_robust[i] = ~broken
+    return {'sample_index': table['sample_index'].astype(np.int64),
+            'labels': table['labels'].astype(np.int64),
+            'clean_correct': table['clean_correct'].astype(bool),
+            'fooled': table['fooled'].astype(np.int8),
+            'rows': np.array([json.dumps({k: r[k] for k in ('attack', 'gradient', 'loss', 'steps',
+                                                             'restarts', 'eps', 'threat', 'clamp')})
+                              for r in rows], dtype=np.str_),
+            'worst_case_robust': worst_robust,
+            'worst_case_groups': np.array([json.dumps({k: e[k] for k in ('eps', 'threat', 'clamp')})
+                                           for e in worst], dtype=np.str_)}
+
+
+def report_markdown(result):
+    """report.md: the tables, the worst case, the checks, in words a reader can act on."""
+    ckpt = result['checkpoint']
+    lines = [f"# Robustness report: `{ckpt['path']}`", '',
+             f"Checkpoint epoch {ckpt['epoch']}, sha256 `{ckpt['sha256'][:16]}…`; commit "
+             f"`{result['commit']}`; suite `{result['suite']}`; {result['n_samples']} test images "
+             f"(the first {result['n_samples']}); clean accuracy {100 * result['clean_accuracy']:.2f}%; "
+             f"{result['world_size']} process(es) on {result['device']}; {result['wall_time_s']:.0f} s.",
+             '']
+    masking = [c for c in result['sanity'] if c['check'].startswith('worst case') and c['passed'] is False]
+    if masking:
+        lines += ['**Gradient masking suspected**: the worst case does not fall to '
+                  f"{100 * SANITY_MAX_ACCURACY:g}% at ε = 64/255 — the robust accuracies below are "
+                  'upper bounds that stronger attacks may lower.', '']
+    lines += ["Rows marked *published attack* are the published FGSM / R-FGSM / PGD / BIM "
+              "(SPEC §6: the published backward, the published loss, no random start); the others "
+              "are adaptive. `gradient` is the backward the attack differentiates (`published`, or "
+              "exact BPTT `bptt:<surrogate>:<sharpness>`); `none` = black box; `partner:` = crafted "
+              "on the partner model (transfer). Square runs only on images that every earlier "
+              "attack missed, so its row is the worst case after it.", '',
+              '## Worst case (an image counts as robust only if no attack fooled it)', '',
+              '| ε | threat | clamp | worst-case accuracy (%) | images |', '|---|---|---|---:|---:|']
+    for entry in result['worst_case']:
+        lines.append(f"| {entry['eps']} | {entry['threat']} | {str(entry['clamp']).lower()} | "
+                     f"**{100 * entry['accuracy']:.2f}** | {entry['n_samples']} |")
+    lines += ['', '## Every attack', '',
+              '| attack | gradient | loss | steps×restarts | ε | threat | clamp | accuracy (%) | '
+              'first to break | time (s) |', '|---|---|---|---|---|---|---|---:|---:|---:|']
+    first = {(e['eps'], e['threat'], e['clamp']): e['broken_first'] for e in result['worst_case']}
+    for row in result['rows']:
+        name = (f"{row['attack'][len('published-'):].upper()} (*{PUBLISHED_LABEL}*)"
+                if row['label'] == PUBLISHED_LABEL else row['attack'])
+        broke = first[(row['eps'], row['threat'], row['clamp'])].get(row_label(row), '')
+        lines.append(f"| {name} | {row['gradient']} | {row['loss']} | {row['steps']}×{row['restarts']}"
+                     f"{' (survivors)' if row['scope'] == 'survivors' else ''} | {row['eps']} | "
+                     f"{row['threat']} | {str(row['clamp']).lower()} | {100 * row['accuracy']:.2f} | "
+                     f"{broke} | {row['time_s']:.0f} |")
+    lines += ['', '## Sanity checks', '', '| check | result | detail |', '|---|---|---|']
+    for check in result['sanity']:
+        verdict = {True: 'pass', False: '**FAIL**', None: 'not run'}[check['passed']]
+        lines.append(f"| {check['check']} | {verdict} | {check['detail']} |")
+    lines += ['', result.get('plot_note') or '![robust accuracy against ε](robust_accuracy.png)', '']
+    return '\n'.join(lines)
+
+
+def plot_png(result):
+    """robust_accuracy.png as bytes (accuracy against ε per attack and the worst case), or None
+    when matplotlib is not installed."""
+    try:
+        import matplotlib
+        matplotlib.use('Agg')
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    groups = sorted({(r['threat'], r['clamp']) for r in result['rows']})
+    fig, axes = plt.subplots(1, max(len(groups), 1), figsize=(7 * max(len(groups), 1), 5),
+                             squeeze=False)
+    for ax, (threat, clamp) in zip(axes[0], groups):
+        series = {}
+        for row in result['rows']:
+            if (row['threat'], row['clamp']) == (threat, clamp):
+                # A path chosen per eps ("the strongest so far") is one series across eps.
+                named = dict(row, gradient=row['path_choice'].replace('best:', 'strongest path #')) \
+                    if row.get('path_choice', 'fixed') != 'fixed' else row
+                series.setdefault(row_label(named), []).append((float(Fraction(row['eps'])),
+                                                                row['accuracy']))
+        for name, points in series.items():
+            points.sort()
+            style = ':' if PUBLISHED_LABEL in name else '-'
+            ax.plot([p[0] * 255 for p in points], [100 * p[1] for p in points], style, marker='.',
+                    linewidth=1, alpha=0.7, label=name)
+        worst = sorted((float(Fraction(e['eps'])), e['accuracy']) for e in result['worst_case']
+                       if (e['threat'], e['clamp']) == (threat, clamp))
+        ax.plot([p[0] * 255 for p in worst], [100 * p[1] for p in worst], 'k-', marker='o',
+                linewidth=2.5, label='worst case (all attacks)')
+        ax.set_xlabel('ε × 255 (pixels)')
+        ax.set_ylabel('accuracy (%)')
+        ax.set_ylim(-2, 102)
+        ax.set_title(f"{threat}, clamp={str(clamp).lower()}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6, loc='upper right')
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format='png', dpi=110)
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+# --- one evaluation, end to end -----------------------------------------------------------------
+
+def published_attack_fn(network_cfg):
+    """The published attacks of ``attack.py`` (unchanged), called with a pixel ε: they divide by
+    the YAML's scalar ``Network.std`` and clamp with its scalar mean/std (SPEC §6)."""
+    from attack import ATTACKS, Normalization
+    normalization = Normalization.of(network_cfg)
+
+    def run(name, model, x, labels, eps, clamp):
+        return ATTACKS[name](model, x, labels, normalization.to_model_units(float(eps)),
+                             normalization.bounds() if clamp else None)
+    return run
+
+
+def run_evaluation(model, images, labels, indices, ctx, *, suite, eps_list, threats, clamps, mean,
+                   std, batch_size, published_attack, partner=None, sanity_eps=True, log=print,
+                   all_reduce=None, all_gather=None):
+    """Run ``suite`` on this process's shard (``images`` normalised ``[n, C, H, W]``, their
+    ``labels`` and global sample ``indices``) under every threat model and clamp setting; gather
+    the per-sample results of all ranks. Returns ``(result, table)``; ``result`` holds the rows,
+    the worst case and the sanity checks (the same on every rank)."""
+    if suite not in SUITES:
+        raise ValueError(f"suite {suite!r}: choose one of {', '.join(SUITES)}")
+    all_gather = all_gather or (lambda obj: [obj])
+    start = time.perf_counter()
+    model.eval()
+    if partner is not None:
+        partner.eval()
+    evaluation = Evaluation(model, images, labels, indices, ctx, batch_size, published_attack,
+                            partner=partner, log=log, all_reduce=all_reduce)
+    eps_list = [Fraction(e) for e in eps_list]
+    zero_shares = {}
+    for threat_name in threats:
+        for clamp in clamps:
+            threat = ThreatModel(threat_name, clamp, tuple(mean), tuple(std), model.settings.n_steps)
+            log(f"== {suite} suite, {threat_name} perturbation, "
+                f"{'clamped to' if clamp else 'not clamped to'} the pixel range")
+            evaluation.run_group(suite, threat, eps_list, partner=partner is not None,
+                                 largest_eps=max(eps_list) if eps_list else None)
+            if sanity_eps and SANITY_EPS not in eps_list:
+                log(f"== sanity: eps={eps_text(SANITY_EPS)}")
+                evaluation.run_group(suite, threat, [SANITY_EPS], sanity=True)
+            for path, share in evaluation.zero_gradient_shares(gradient_paths(suite), threat).items():
+                zero_shares[(threat_name, clamp, path)] = share
+    table = gather(evaluation, all_gather)
+    rows = evaluation.rows
+    worst = worst_case(rows, table)
+    checks = sanity_checks(rows, worst, zero_shares)
+    clean, n = evaluation.global_count(int(evaluation.clean_correct.sum()), len(labels))
+    result = {'suite': suite, 'n_samples': n, 'clean_accuracy': clean / max(n, 1), 'rows': rows,
+              'worst_case': worst, 'sanity': checks,
+              'wall_time_s': round(time.perf_counter() - start, 1)}
+    for check in checks:
+        verdict = {True: 'PASS', False: 'FAIL', None: 'n/a '}[check['passed']]
+        log(f"  [{verdict}] {check['check']}: {check['detail']}")
+    return result, table
+
+
+def write_outputs(out_dir, result, table):
+    """robustness.json, per_sample.npz, report.md and robust_accuracy.png into ``out_dir``, each
+    written atomically (call on rank 0 only)."""
+    from checkpoint import atomic_write, atomic_write_text
+    os.makedirs(out_dir, exist_ok=True)
+    png = plot_png(result)
+    if png is None:
+        result['plot_note'] = ('No plot: matplotlib is not installed (`pip install matplotlib`, '
+                               'listed in requirements.txt).')
+    else:
+        atomic_write(os.path.join(out_dir, 'robust_accuracy.png'), lambda f: f.write(png))
+    arrays = per_sample_arrays(result['rows'], table, result['worst_case'])
+    atomic_write(os.path.join(out_dir, 'per_sample.npz'), lambda f: np.savez_compressed(f, **arrays))
+    atomic_write_text(os.path.join(out_dir, 'report.md'), report_markdown(result))
+    atomic_write_text(os.path.join(out_dir, 'robustness.json'),
+                      json.dumps(result, indent=1, default=float) + '\n')

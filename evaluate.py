@@ -1,0 +1,180 @@
+"""Adaptive robustness evaluation of one checkpoint (adaptive.py does the work):
+
+    python evaluate.py --ckpt best.pth -d 3 --suite quick --samples 1000 --out runs/eval
+    python evaluate.py --ckpt best.pth -d 3 --suite full --eps 2/255,4/255,8/255 --threat per-step,static
+    torchrun --standalone --nproc_per_node=2 evaluate.py --ckpt best.pth -d 3 --partner lif.pth
+
+Writes robustness.json, per_sample.npz, report.md and robust_accuracy.png into --out. Suites:
+``published`` (the published FGSM/R-FGSM/PGD/BIM only), ``quick`` (PGD-CE/CW through the published
+backward and two exact-BPTT surrogates, APGD-CE/DLR through the strongest), ``full`` (a sweep
+over surrogate shapes and sharpness, APGD-CE/DLR/T, PGD-7 vs PGD-100, Square with 5000 queries).
+Every suite adds a sanity run at eps = 64/255 and the checks of report.md.
+"""
+import argparse
+import copy
+import os
+import sys
+
+import torch
+
+import adaptive
+from checkpoint import CheckpointError, load_checkpoint
+from config import ConfigError, attack_strengths, load_config, resolve
+from datasets import NORMALISATION, build_datasets
+from distributed import all_gather_object, all_reduce_sum
+from runner import add_config_arguments, build_model, config_from_args, run_cli, seed_everything
+
+CLAMP_CHOICES = ('config', 'true', 'false', 'both')
+
+
+def get_args_parser():
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--ckpt', required=True, help='the checkpoint to evaluate')
+    add_config_arguments(parser)
+    parser.add_argument('--suite', choices=adaptive.SUITES, default='quick')
+    parser.add_argument('--eps', help='comma-separated pixel eps, e.g. 2/255,4/255,8/255 '
+                        '(default: ATTACK.strength)')
+    parser.add_argument('--samples', type=int, help='the first N test images (default: all)')
+    parser.add_argument('--threat', default='per-step',
+                        help="per-step, static, or both comma-separated (default: per-step)")
+    parser.add_argument('--clamp', choices=CLAMP_CHOICES, default='config',
+                        help='clamp to the valid pixel range (default: ATTACK.clamp)')
+    parser.add_argument('--no-sanity-eps', action='store_true',
+                        help='skip the extra run at eps=64/255 (its masking check is then not run)')
+    parser.add_argument('--partner', help='checkpoint of the partner model, for transfer attacks')
+    parser.add_argument('--partner-config', help="the partner's YAML (default: the config stored "
+                        "in its checkpoint, else this config with the other neuron model)")
+    parser.add_argument('--partner-set', action='append', default=[], metavar='SECTION.KEY=VALUE',
+                        help="override a key of the partner's config (repeatable)")
+    parser.add_argument('--batch-size', type=int, help='images per attack batch '
+                        '(default: Network.batch_size)')
+    parser.add_argument('--out', help='output directory (default: <checkpoint dir>/robustness-<suite>)')
+    parser.add_argument('--seed', type=int, help='overrides DEFAULT.seed')
+    parser.add_argument('--device', choices=('cpu', 'cuda'), help='default: cuda when available')
+    return parser
+
+
+# Evaluation only: no training stage, the checkpoint is the model.
+EVAL_ONLY = ['DEFAULT.cleantrain=false', 'DEFAULT.advtrain=false', 'DEFAULT.advtest=true']
+
+
+def partner_config(args, cfg):
+    """The partner's resolved config: --partner-config, else the config stored in its checkpoint
+    (our checkpoints keep it), else this config with the other neuron model. The NDS comes with
+    the partner's weights, so its ``ckpt_v`` is dropped."""
+    overrides = [f"DEFAULT.ckpt={args.partner}", 'Network.ckpt_v=null'] + EVAL_ONLY
+    if args.partner_config:
+        partner, _ = load_config(args.partner_config, list(args.partner_set) + overrides)
+        return partner
+    stored = load_checkpoint(args.partner).get('config')
+    raw = copy.deepcopy(cfg)
+    if isinstance(stored, dict) and isinstance(stored.get('Layers'), dict) \
+            and isinstance(stored.get('Network'), dict):
+        raw['Layers'] = copy.deepcopy(stored['Layers'])
+        raw['Network']['model'] = stored['Network'].get('model', raw['Network']['model'])
+    else:
+        raw['Network']['model'] = 'LIF' if cfg['Network']['model'] == 'ALIF' else 'ALIF'
+    from config import apply_overrides
+    apply_overrides(raw, list(args.partner_set) + overrides)
+    try:
+        partner, _ = resolve(raw)
+    except ConfigError as exc:
+        raise ConfigError(f"--partner {args.partner}: {exc}") from None
+    return partner
+
+
+def prepare(args):
+    args.set = list(args.set) + [f"DEFAULT.ckpt={args.ckpt}"] + EVAL_ONLY
+    if args.samples is not None:
+        if args.samples < 1:
+            raise ConfigError(f"--samples must be >= 1, got {args.samples}")
+        args.set.append(f"DEFAULT.test_samples={args.samples}")
+    cfg, warnings, _ = config_from_args(args)
+    warnings = [w for w in warnings if 'Network.ckpt_v is null' not in w]  # the NDS is in the weights
+    try:
+        eps_list = ([adaptive.parse_eps(e) for e in args.eps.split(',') if e.strip()]
+                    if args.eps else [adaptive.parse_eps(e, f"ATTACK.strength[{i}]")
+                                      for i, e in enumerate(cfg['ATTACK']['strength'])])
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    if not eps_list:
+        raise ConfigError("no eps to evaluate: pass --eps 8/255 or set ATTACK.strength")
+    threats = [t.strip() for t in args.threat.split(',') if t.strip()]
+    for threat in threats:
+        if threat not in adaptive.THREATS:
+            raise ConfigError(f"--threat {threat!r}: choose per-step, static or both "
+                              f"('per-step,static')")
+    if args.suite == 'published' and threats != ['per-step']:
+        raise ConfigError("--suite published: the published attacks perturb every time step; "
+                          "use --threat per-step (or another suite for the static threat model)")
+    clamps = {'config': [bool(cfg['ATTACK']['clamp'])], 'true': [True], 'false': [False],
+              'both': [False, True]}[args.clamp]
+    if args.batch_size is not None and args.batch_size < 1:
+        raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
+    partner = partner_config(args, cfg) if args.partner else None
+    load_checkpoint(args.ckpt)  # a bad checkpoint fails before any data is read
+    return cfg, warnings, eps_list, threats, clamps, partner
+
+
+def load_samples(cfg, ctx):
+    """This rank's shard of the first N test images: ``(images, labels, global indices)``."""
+    network = cfg['Network']
+    _, test_set = build_datasets(network['dataset'], network['data_path'],
+                                 train_samples=1, test_samples=cfg['DEFAULT']['test_samples'])
+    indices = list(range(ctx.rank, len(test_set), ctx.world_size))
+    items = [test_set[i] for i in indices]
+    if not items:  # more ranks than images
+        images = torch.zeros((0, *test_set[0][0].shape))
+        labels = torch.zeros(0, dtype=torch.int64)
+    else:
+        images = torch.stack([image for image, _ in items])
+        labels = torch.tensor([int(label) for _, label in items], dtype=torch.int64)
+    return images, labels, torch.tensor(indices, dtype=torch.int64)
+
+
+def execute(args, prepared, ctx):
+    cfg, warnings, eps_list, threats, clamps, partner_cfg = prepared
+    out_dir = args.out or os.path.join(os.path.dirname(os.path.abspath(args.ckpt)),
+                                       f"robustness-{args.suite}")
+    log = (lambda message: print(message, flush=True)) if ctx.is_main else (lambda message: None)
+    for warning in warnings:
+        log(f"warning: {warning}")
+    seed_everything(cfg['DEFAULT']['seed'])
+    ckpt = load_checkpoint(args.ckpt)
+    model = build_model(cfg, args.ckpt, ctx.device).eval()
+    partner = build_model(partner_cfg, args.partner, ctx.device).eval() if partner_cfg else None
+    images, labels, indices = load_samples(cfg, ctx)
+    dtype = next(model.parameters()).dtype
+    images, labels = images.to(ctx.device, dtype), labels.to(ctx.device)
+    mean, std = NORMALISATION[cfg['Network']['dataset']]
+    log(f"{args.ckpt}: {cfg['Network']['model']} network, {args.suite} suite, eps "
+        f"{', '.join(adaptive.eps_text(e) for e in eps_list)}, {ctx.world_size} process(es) on "
+        f"{ctx.device} -> {out_dir}")
+    seed_everything(cfg['DEFAULT']['seed'] + 1000 * ctx.rank)  # random starts differ per rank
+    result, table = adaptive.run_evaluation(
+        model, images, labels, indices, ctx, suite=args.suite,
+        eps_list=eps_list, threats=threats, clamps=clamps, mean=mean, std=std,
+        batch_size=args.batch_size or cfg['Network']['batch_size'],
+        published_attack=adaptive.published_attack_fn(cfg['Network']), partner=partner,
+        sanity_eps=not args.no_sanity_eps, log=log,
+        all_reduce=lambda values: all_reduce_sum(ctx, values),
+        all_gather=lambda obj: all_gather_object(ctx, obj))
+    if ctx.is_main:
+        result = {'checkpoint': {'path': args.ckpt, 'sha256': adaptive.sha256_of(args.ckpt),
+                                 'epoch': ckpt.get('epoch') if isinstance(ckpt, dict) else None},
+                  'commit': adaptive.git_commit(), 'versions': adaptive.versions(),
+                  'partner': args.partner, 'world_size': ctx.world_size, 'device': str(ctx.device),
+                  'config': cfg, **result}
+        adaptive.write_outputs(out_dir, result, table)
+        log(f"worst case: " + ', '.join(
+            f"{100 * e['accuracy']:.2f}% at {e['eps']} ({e['threat']}, clamp={str(e['clamp']).lower()})"
+            for e in result['worst_case']) + f" -> {out_dir}/report.md")
+
+
+def main(argv=None):
+    return run_cli(get_args_parser().parse_args(argv), prepare, execute)
+
+
+if __name__ == '__main__':
+    sys.exit(main())

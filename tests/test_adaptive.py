@@ -1,0 +1,296 @@
+"""adaptive.py: threat models (per-step / static, clamped or not), the torchattacks wrapper, our
+PGD, the per-sample bookkeeping, the worst case and the sanity checks, on a tiny float64
+network."""
+import json
+from fractions import Fraction
+
+import numpy as np
+import pytest
+import torch
+
+import adaptive
+from adaptive import ThreatModel
+from distributed import DistContext
+from layers import Network, predict
+
+N_STEPS, N_CLASS = 5, 4
+MEAN, STD = (0.3, 0.6), (0.25, 0.5)  # two channels with different statistics
+
+
+def tiny_network(model='LIF', seed=0, channels=2):
+    network_cfg = {'n_steps': N_STEPS, 'tau_m': 5.0, 'tau_s': 3.0, 'model': model, 'tau_v': 1.5,
+                   'is_bn': False, 'loss': 'kernel', 'n_class': N_CLASS, 'save_target': False,
+                   'ckpt_v': None, 'mean': MEAN[0], 'std': STD[0]}
+    layers_cfg = {
+        'conv_1': {'type': 'conv', 'in_channels': channels, 'out_channels': 4, 'kernel_size': 3,
+                   'weight_scale': 3, 'threshold': 1},
+        'pooling_1': {'type': 'pooling', 'kernel_size': 2},
+        'FC_1': {'type': 'linear', 'n_inputs': 36, 'n_outputs': 16, 'weight_scale': 3,
+                 'threshold': 1},
+        'output': {'type': 'linear', 'n_inputs': 16, 'n_outputs': N_CLASS, 'weight_scale': 3,
+                   'threshold': 1},
+    }
+    torch.manual_seed(seed)
+    return Network(network_cfg, layers_cfg, [channels, 8, 8]).double().eval(), network_cfg
+
+
+def pixel_images(n=12, seed=0, channels=2):
+    gen = torch.Generator().manual_seed(seed)
+    return torch.rand(n, channels, 8, 8, generator=gen, dtype=torch.float64)
+
+
+def normalise(pixels):
+    mean = torch.tensor(MEAN, dtype=pixels.dtype).view(1, -1, 1, 1)
+    std = torch.tensor(STD, dtype=pixels.dtype).view(1, -1, 1, 1)
+    return (pixels - mean) / std
+
+
+def expand(images):
+    return images.unsqueeze(-1).expand(*images.shape, N_STEPS).contiguous()
+
+
+def threat_model(threat='per-step', clamp=False):
+    return ThreatModel(threat, clamp, MEAN, STD, N_STEPS)
+
+
+@pytest.fixture(scope='module')
+def data():
+    model, network_cfg = tiny_network()
+    images = normalise(pixel_images())
+    with torch.no_grad():
+        labels = predict(model(expand(images), False)[0])  # clean-correct by construction
+    labels[:3] = (labels[:3] + 1) % N_CLASS  # ... except three images
+    return model, network_cfg, images, labels
+
+
+def test_threat_model_folds_time_into_channels_and_back():
+    threat = threat_model('per-step')
+    x = torch.randn(3, 2, 8, 8, N_STEPS, dtype=torch.float64)
+    image = threat.to_image(x)
+    assert image.shape == (3, 2 * N_STEPS, 8, 8)
+    # channel c * T + t of the image is time step t of channel c, in pixels
+    assert torch.allclose(image[:, 1 * N_STEPS + 3], x[:, 1, :, :, 3] * STD[1] + MEAN[1])
+    torch.testing.assert_close(threat.from_image(image), x)
+    delta = torch.randn_like(image)
+    model_delta = threat.image_delta_to_model(delta)
+    assert torch.allclose(model_delta[:, 0, :, :, 2], delta[:, 2] / STD[0])
+    static = threat_model('static')
+    x_static = expand(torch.randn(3, 2, 8, 8, dtype=torch.float64))
+    assert static.to_image(x_static).shape == (3, 2, 8, 8)
+    torch.testing.assert_close(static.from_image(static.to_image(x_static)), x_static)
+
+
+@pytest.mark.parametrize('clamp', [False, True])
+def test_image_wrapper_gives_the_model_scores(data, clamp):
+    model, _, images, _ = data
+    x = expand(images)
+    eps = Fraction(8, 255)
+    for threat in (threat_model('per-step', clamp), threat_model('static', clamp)):
+        wrapper = adaptive.ImageModel(model, threat, eps)
+        z = wrapper.encode(x)
+        assert z.min() >= 0 and z.max() <= 1  # torchattacks' clamp to [0, 1] never binds
+        with torch.no_grad():
+            torch.testing.assert_close(wrapper(z), adaptive.class_scores(model, x))
+        if not clamp:  # the whole ball around a valid image stays in [0, 1]
+            assert ((z - wrapper.eps).min() >= -1e-12) and ((z + wrapper.eps).max() <= 1 + 1e-12)
+
+
+def perturbation_checks(x, x_adv, threat, eps):
+    delta = x_adv - x
+    bound = torch.tensor([float(eps) / s for s in STD], dtype=x.dtype).view(1, -1, 1, 1, 1)
+    assert (delta.abs() <= bound * (1 + 1e-9)).all()
+    if threat.static:
+        assert torch.equal(delta, delta[..., :1].expand_as(delta))  # the same on every step
+    if threat.clamp:
+        pixels = x_adv * torch.tensor(STD, dtype=x.dtype).view(1, -1, 1, 1, 1) + \
+            torch.tensor(MEAN, dtype=x.dtype).view(1, -1, 1, 1, 1)
+        assert pixels.min() >= -1e-9 and pixels.max() <= 1 + 1e-9
+    return delta
+
+
+ATTACKS = {
+    'pgd-ce': lambda m, x, y, t, e: adaptive.pgd(m, x, y, t, e, 'ce', steps=5, restarts=2),
+    'pgd-cw-bptt': lambda m, x, y, t, e: _with_path(m, 'bptt:sigmoid:5', adaptive.pgd, x, y, t, e,
+                                                    'cw', 5),
+    'apgd-dlr': lambda m, x, y, t, e: adaptive.torchattacks_attack(
+        adaptive._apgd('dlr')(5), m, x, y, t, e),
+    'apgd-t': lambda m, x, y, t, e: adaptive.torchattacks_attack(adaptive._apgdt(3), m, x, y, t, e),
+    'square': lambda m, x, y, t, e: adaptive.torchattacks_attack(adaptive._square(30), m, x, y, t, e),
+}
+
+
+def _with_path(model, path, fn, *args):
+    with adaptive.use_gradient_path(model, path):
+        return fn(model, *args)
+
+
+@pytest.mark.parametrize('name', list(ATTACKS))
+@pytest.mark.parametrize('threat_name,clamp', [('per-step', False), ('static', False),
+                                               ('static', True), ('per-step', True)])
+def test_attacks_stay_in_the_threat_model(data, name, threat_name, clamp):
+    model, _, images, labels = data
+    x = expand(images)
+    threat = threat_model(threat_name, clamp)
+    eps = Fraction(32, 255)
+    x_adv = ATTACKS[name](model, x, labels, threat, eps)
+    assert x_adv.shape == x.shape and x_adv.dtype == x.dtype
+    delta = perturbation_checks(x, x_adv, threat, eps)
+    with torch.no_grad():
+        newly_wrong = (predict(model(x_adv, False)[0]) != labels) & \
+            (predict(model(x, False)[0]) == labels)
+    assert (delta[newly_wrong].flatten(1).abs().amax(1) > 0).all()
+    if name.startswith('pgd'):  # ours returns its last iterate for the images it did not fool
+        assert (delta.flatten(1).abs().amax(1) > 0).all()
+
+
+def test_pgd_with_a_large_eps_fools_and_its_fooled_images_are_wrong(data):
+    model, _, images, labels = data
+    x = expand(images)
+    threat = threat_model('per-step')
+    x_adv = adaptive.pgd(model, x, labels, threat, Fraction(128, 255), 'cw', steps=20, restarts=2)
+    with torch.no_grad():
+        clean_wrong = predict(model(x, False)[0]) != labels
+        adv_wrong = predict(model(x_adv, False)[0]) != labels
+    assert adv_wrong.sum() > clean_wrong.sum()  # an attack never helps, and this one works
+
+
+def test_margin_and_dlr_losses_are_positive_exactly_when_fooled():
+    scores = torch.tensor([[3.0, 1.0, 0.5, 0.0], [1.0, 2.0, 0.0, -1.0]])
+    labels = torch.tensor([0, 0])
+    margin = adaptive.margin_loss(scores, labels)
+    assert margin.tolist() == [-2.0, 1.0]
+    dlr = adaptive.dlr_loss(scores, labels)
+    assert dlr[0] < 0 < dlr[1]
+    assert dlr[1] == pytest.approx(1.0 / (2.0 - 0.0))
+
+
+def run_small(data, monkeypatch=None, suite='quick', threats=('per-step',), clamps=(False,),
+              eps_list=(Fraction(8, 255),), sanity_eps=False):
+    model, network_cfg, images, labels = data
+    return adaptive.run_evaluation(
+        model, images, labels, torch.arange(len(labels)), DistContext(), suite=suite,
+        eps_list=list(eps_list), threats=list(threats), clamps=list(clamps), mean=MEAN, std=STD,
+        batch_size=5, published_attack=adaptive.published_attack_fn(network_cfg),
+        sanity_eps=sanity_eps, log=lambda message: None)
+
+
+def test_fooled_means_wrong_on_the_adversarial_example(data, monkeypatch):
+    """Every per-sample flag is the verified prediction on what the attack returned."""
+    model = data[0]
+    seen = []
+    original = adaptive._run_one
+
+    def recording(spec, gradient, model_, partner, x, labels, threat, eps, published_attack):
+        x_adv = original(spec, gradient, model_, partner, x, labels, threat, eps, published_attack)
+        seen.append((labels, x_adv))
+        return x_adv
+    monkeypatch.setattr(adaptive, '_run_one', recording)
+    result, table = run_small(data, suite='published')
+    assert seen
+    fooled = table['fooled']
+    # rows run in order, each over the clean-correct images in batches of 5
+    clean_correct = np.flatnonzero(table['clean_correct'])
+    batches = [clean_correct[i:i + 5] for i in range(0, len(clean_correct), 5)]
+    for row_index in range(len(result['rows'])):
+        for batch in batches:
+            labels, x_adv = seen.pop(0)
+            with torch.no_grad():
+                wrong = (predict(model(x_adv, False)[0]) != labels).numpy()
+            assert (fooled[row_index, batch] == 1).tolist() == wrong.tolist()
+    assert (fooled[:, ~table['clean_correct']] == 1).all()  # misclassified clean = fooled
+
+
+SUITE_PLAN = adaptive.suite_plan
+
+
+def small_plan(suite, threat, eps, partner=False, sanity=False, largest=False):
+    """Every kind of entry of a real plan, with few steps: published, a path sweep, the
+    strongest path, a survivors-only black box."""
+    Spec = adaptive.AttackSpec
+    plan = SUITE_PLAN('published', threat, eps)[2:3]  # the published PGD (per-step)
+    plan += [Spec('pgd', 'published', 'ce', 3), Spec('pgd', 'bptt:sigmoid:5', 'cw', 3),
+             Spec('apgd-ce', 'best:1', 'ce', 3), Spec('apgd-dlr', 'best:3', 'dlr', 3),
+             Spec('square', 'none', 'margin', 20, survivors=True)]
+    return plan
+
+
+def test_worst_case_is_below_every_row_and_matches_the_per_sample_table(data, monkeypatch):
+    monkeypatch.setattr(adaptive, 'suite_plan', small_plan)
+    result, table = run_small(data, suite='quick', threats=('per-step', 'static'),
+                              eps_list=(Fraction(8, 255), Fraction(32, 255)))
+    # 'best:3' of two ranked paths is skipped; 'best:1' is one of the two
+    assert not any(r['attack'] == 'apgd-dlr' for r in result['rows'])
+    assert all(r['gradient'] in ('published', 'bptt:sigmoid:5') and r['path_choice'] == 'best:1'
+               for r in result['rows'] if r['attack'] == 'apgd-ce')
+    square = [r for r in result['rows'] if r['attack'] == 'square']
+    assert square and all(r['scope'] == 'survivors' for r in square)
+    assert {(e['eps'], e['threat']) for e in result['worst_case']} == {
+        ('8/255', 'per-step'), ('32/255', 'per-step'), ('8/255', 'static'), ('32/255', 'static')}
+    for entry in result['worst_case']:
+        rows = [r for r in result['rows'] if (r['eps'], r['threat'], r['clamp']) ==
+                (entry['eps'], entry['threat'], entry['clamp'])]
+        assert rows and all(entry['accuracy'] <= r['accuracy'] + 1e-12 for r in rows)
+        assert sum(entry['broken_first'].values()) == round((1 - entry['accuracy']) * entry['n_samples'])
+        assert entry['broken_first']['clean'] == 3
+    static_rows = [r for r in result['rows'] if r['threat'] == 'static']
+    assert static_rows and not any(r['label'] == adaptive.PUBLISHED_LABEL for r in static_rows)
+    published = [r for r in result['rows'] if r['attack'].startswith('published-')]
+    assert published and all(r['label'] == adaptive.PUBLISHED_LABEL and r['gradient'] == 'published'
+                             for r in published)
+    arrays = adaptive.per_sample_arrays(result['rows'], table, result['worst_case'])
+    for i, group in enumerate(arrays['worst_case_groups']):
+        entry = result['worst_case'][i]
+        assert json.loads(group) == {k: entry[k] for k in ('eps', 'threat', 'clamp')}
+        assert arrays['worst_case_robust'][i].mean() == pytest.approx(entry['accuracy'])
+    assert arrays['fooled'].shape == (len(result['rows']), 12)
+
+
+def test_gather_restores_the_sample_order():
+    """Two ranks' shards (rank r holds samples r, r + 2, ...) -> one table in sample order."""
+    class Shard:
+        def __init__(self, indices):
+            self.indices = torch.tensor(indices)
+            self.labels = torch.tensor(indices) % 3
+            self.clean_correct = torch.tensor(indices) % 2 == 0
+            self.fooled = [(torch.tensor(indices) % 2).to(torch.int8)]
+    ranks = [Shard([0, 2, 4]), Shard([1, 3])]
+    gathered = []
+
+    def all_gather(local):  # what distributed.all_gather_object returns: one object per rank
+        gathered.append(local)
+        return [local] + [{'indices': r.indices.numpy(), 'labels': r.labels.numpy(),
+                           'clean_correct': r.clean_correct.numpy(),
+                           'fooled': torch.stack(r.fooled).numpy()} for r in ranks[1:]]
+    table = adaptive.gather(ranks[0], all_gather)
+    assert gathered[0]['indices'].tolist() == [0, 2, 4]
+    assert table['sample_index'].tolist() == [0, 1, 2, 3, 4]
+    assert table['labels'].tolist() == [0, 1, 2, 0, 1]
+    assert table['clean_correct'].tolist() == [True, False, True, False, True]
+    assert table['fooled'][0].tolist() == [0, 1, 0, 1, 0]
+
+
+def test_sanity_checks_flag_masking_and_a_weak_long_attack():
+    rows = [
+        {'attack': 'pgd', 'gradient': 'published', 'loss': 'ce', 'steps': 7, 'restarts': 1,
+         'eps': '8/255', 'threat': 'per-step', 'clamp': False, 'accuracy': 0.40, 'n_samples': 100},
+        {'attack': 'pgd', 'gradient': 'published', 'loss': 'ce', 'steps': 100, 'restarts': 1,
+         'eps': '8/255', 'threat': 'per-step', 'clamp': False, 'accuracy': 0.45, 'n_samples': 100},
+    ]
+    worst = [{'eps': '64/255', 'threat': 'per-step', 'clamp': False, 'accuracy': 0.2,
+              'n_samples': 100, 'broken_first': {}}]
+    checks = adaptive.sanity_checks(rows, worst, {('per-step', False, 'published'): (30, 100)})
+    masking = next(c for c in checks if c['check'].startswith('worst case'))
+    assert masking['passed'] is False and 'gradient masking suspected' in masking['detail']
+    assert next(c for c in checks if c['check'].startswith('PGD-100'))['passed'] is False
+    assert next(c for c in checks if c['check'].startswith('black-box'))['passed'] is None
+    assert next(c for c in checks if 'zero input gradients' in c['check'])['passed'] is False
+    assert all(set(c) == {'check', 'passed', 'detail'} for c in checks)
+
+
+def test_eps_parsing_is_exact_and_never_evaluates():
+    assert adaptive.parse_eps('8/255') == Fraction(8, 255)
+    assert adaptive.eps_text(adaptive.parse_eps(' 0.5 ')) == '1/2'
+    assert adaptive.eps_text(adaptive.parse_eps(8 / 255)) == '8/255'
+    for bad in ('__import__("os")', '1/0', '-1/255', 'eight'):
+        with pytest.raises(ValueError):
+            adaptive.parse_eps(bad)
