@@ -3,6 +3,8 @@
 it before anything runs. Every error is a ``ConfigError`` whose one-line message names the file and
 the key."""
 import copy
+import dataclasses
+import math
 import os
 import re
 from fractions import Fraction
@@ -10,7 +12,7 @@ from fractions import Fraction
 import yaml
 
 from layers import ConfigError, NetworkSettings, layer_shapes, read_nds_file, unknown_layer_keys
-from layers.config_keys import get_bool, get_choice, get_number
+from layers.config_keys import get_bool, get_choice, get_number, get_pair, show
 from attack import FT_METHODS  # ATTACK.ft_method: the attacks of usage 'train' (attack.ATTACKS)
 from paths import PROJECT_ROOT, resolve_input_path
 
@@ -30,8 +32,83 @@ ATTACK_KEYS = {'strength', 'train', 'ft_method', 'clamp'}
 # code (CIFAR100) used the number of epochs.
 PUBLISHED_KERNEL_T_MAX = 200
 
-_NUMBER = r'(?:\d+(?:\.\d*)?|\.\d+)'
+# Bounds on what a config may ask for: far beyond every published setting, and refused with a
+# one-line error before anything runs (instead of a hang, or an allocation that kills the machine).
+MAX_CONFIG_BYTES = 1 << 20  # a config file is a few kB
+MAX_YAML_DEPTH = 32  # the schema nests 4 deep (section, layer, key, list)
+MAX_EPOCHS = 10_000
+MAX_SEED = 2**63 - 1  # torch seeds are 64-bit; the run adds 1000 * rank and the epoch to it
+MAX_LAYERS = 1000
+MAX_EPSILONS = 100  # each attack strength runs four attacks over the test set
+MAX_EPSILON = 1  # pixel units: images are in [0, 1]
+MIN_STD = 1e-6  # eps / std must stay a sane float32 number
+# Weight elements of the whole network (with the TA-LIF theta_v and NDS): 2**30 float32 are 4 GiB,
+# 16 GiB with the optimiser state; the largest published network has 45 million.
+MAX_PARAMETERS = 2**30
+# Layer-output elements of one batch over all time steps (what the forward pass keeps for the
+# backward): 2**33 float32 are 32 GiB; the published CIFAR100 batch has 3 * 10**8.
+MAX_BATCH_ELEMENTS = 2**33
+
+_NUMBER = r'(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d{1,3})?'
 _EPSILON = re.compile(rf'^\s*({_NUMBER})\s*(?:/\s*({_NUMBER})\s*)?$')
+
+
+class ConfigLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, for config files and ``--set`` values alike, with three changes.
+    Numbers in scientific notation are floats as users write them: ``1e-3``, ``5E4`` (YAML 1.1,
+    which PyYAML follows, wants ``1.0e-3`` and reads ``1e-3`` as a string). Dates stay strings (no
+    key takes one). Aliases (``*name``) are refused and nesting is bounded, so that a small file
+    can never expand into a huge value (the "billion laughs") or recurse without end."""
+
+    yaml_implicit_resolvers = {
+        first: [(tag, regexp) for tag, regexp in resolvers if tag != 'tag:yaml.org,2002:timestamp']
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+
+    def __init__(self, stream):
+        super().__init__(stream)
+        self.depth = 0
+
+    def compose_node(self, parent, index):
+        mark = self.peek_event().start_mark
+        if self.check_event(yaml.AliasEvent):
+            raise yaml.composer.ComposerError(None, None, "aliases (*name) are not supported", mark)
+        if self.depth >= MAX_YAML_DEPTH:
+            raise yaml.composer.ComposerError(
+                None, None, f"nested deeper than {MAX_YAML_DEPTH} levels", mark)
+        self.depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+
+
+# After YAML 1.1's own float pattern (which needs a dot and a signed exponent): the rest of
+# YAML 1.2's, i.e. an exponent after digits with or without a dot.
+ConfigLoader.add_implicit_resolver(
+    'tag:yaml.org,2002:float',
+    re.compile(r'^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$'),
+    list('-+.0123456789'))
+
+
+def parse_yaml(source):
+    """YAML text or bytes -> value, read by ConfigLoader. Any failure is a ConfigError whose
+    message says what is wrong and where (the caller puts the file or flag in front)."""
+    try:
+        return yaml.load(source, Loader=ConfigLoader)  # noqa: S506 -- a SafeLoader subclass
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ''
+        raise ConfigError(f"not valid YAML: {exc.problem or exc.context}{where}") from None
+    except yaml.reader.ReaderError as exc:
+        if exc.encoding:
+            raise ConfigError(f"not {exc.encoding.upper()} text ({exc.reason} at byte "
+                              f"{exc.position})") from None
+        raise ConfigError(f"not valid YAML: character #x{exc.character:04x} at position "
+                          f"{exc.position} is not allowed") from None
+    except (yaml.YAMLError, ValueError, OverflowError, RecursionError) as exc:
+        # e.g. an integer of 5000 digits (beyond int()'s limit)
+        reason = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise ConfigError(f"not valid YAML: {show(reason, 120)}") from None
 
 
 def config_path_for_dataset(index):
@@ -47,21 +124,26 @@ def config_path_for_dataset(index):
 def parse_epsilon(value, where):
     """An attack strength in pixel units: a number or an exact fraction string such as ``8/255``
     (parsed with ``fractions``, never ``eval``)."""
-    if isinstance(value, bool):
-        raise ConfigError(f"{where}: {value!r} is not a number or a fraction such as 8/255")
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ConfigError(f"{where}: {show(value)} is not a number or a fraction such as 8/255")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{where}: {value!r} is not a finite number")
     if isinstance(value, (int, float)):
         number = Fraction(value)
     else:
-        match = _EPSILON.match(str(value))
+        match = _EPSILON.match(value) if len(value) <= 64 else None  # (no 5000-digit numbers)
         if not match:
-            raise ConfigError(f"{where}: {value!r} is not a number or a fraction such as 8/255")
+            raise ConfigError(f"{where}: {show(value)} is not a number or a fraction such as 8/255")
         number = Fraction(match.group(1))
         if match.group(2) is not None:
             if Fraction(match.group(2)) == 0:
                 raise ConfigError(f"{where}: {value!r} divides by zero")
             number /= Fraction(match.group(2))
     if number < 0:
-        raise ConfigError(f"{where}: {value!r} must not be negative")
+        raise ConfigError(f"{where}: {show(value)} must not be negative")
+    if number > MAX_EPSILON:
+        raise ConfigError(f"{where}: {show(value)} is more than {MAX_EPSILON} (attack strengths are "
+                          f"in pixel units; images are in [0, 1])")
     return float(number)
 
 
@@ -70,25 +152,28 @@ def parse_override(text):
     ``(path list, value)``; the value is read as YAML (``1e-3``, ``true``, ``[2/255]``, ``null``)."""
     name, sep, raw = text.partition('=')
     path = name.strip().split('.')
+    flag = f"--set {show(text, 80)}"
     if not sep or len(path) < 2 or not all(path):
-        raise ConfigError(f"--set {text!r}: expected SECTION.KEY=VALUE, e.g. Network.epochs=5")
+        raise ConfigError(f"{flag}: expected SECTION.KEY=VALUE, e.g. Network.epochs=5")
     if path[0] not in SECTIONS:
-        raise ConfigError(f"--set {text!r}: unknown section {path[0]!r} (one of {', '.join(SECTIONS)})")
+        raise ConfigError(f"{flag}: unknown section {show(path[0])} (one of {', '.join(SECTIONS)})")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"--set {text!r}: the value is not valid YAML "
-                          f"({str(exc).splitlines()[0]})") from None
+        value = parse_yaml(raw) if raw.strip() else None
+    except ConfigError as exc:
+        raise ConfigError(f"{flag}: the value is {exc}") from None
     return path, value
 
 
 def apply_overrides(cfg, overrides):
     for text in overrides:
         path, value = parse_override(text)
-        node = cfg.setdefault(path[0], {})
-        for key in path[1:-1]:
+        if cfg.get(path[0]) is None:  # an absent or empty (null) section
+            cfg[path[0]] = {}
+        node = cfg
+        for depth, key in enumerate(path[:-1]):
             if not isinstance(node.get(key), dict):
-                raise ConfigError(f"--set {text!r}: {'.'.join(path[:-1])} is not a section")
+                raise ConfigError(f"--set {show(text, 80)}: {'.'.join(path[:depth + 1])} is not a "
+                                  f"section (it is {show(node.get(key))})")
             node = node[key]
         node[path[-1]] = value
 
@@ -97,12 +182,17 @@ def load_config(path, overrides=()):
     """Read, override, fill defaults and validate. Returns ``(config, warnings)``; raises
     ConfigError with the file's name in front of the message."""
     try:
-        with open(path) as f:
-            cfg = yaml.safe_load(f)
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read the config ({exc.strerror})") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        with open(path, 'rb') as f:  # bytes: YAML itself decodes UTF-8/16 and names bad bytes
+            data = f.read(MAX_CONFIG_BYTES + 1)
+    except (OSError, ValueError) as exc:  # ValueError: a NUL in the name
+        raise ConfigError(f"{path}: cannot read the config "
+                          f"({getattr(exc, 'strerror', None) or exc})") from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path}: larger than {MAX_CONFIG_BYTES >> 10} KiB; not a config file")
+    try:
+        cfg = parse_yaml(data)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
     if not isinstance(cfg, dict):
         raise ConfigError(f"{path}: expected a mapping with sections {', '.join(SECTIONS)}")
     try:
@@ -117,14 +207,16 @@ def resolve(raw):
     from datasets import INPUT_SHAPES, N_CLASSES  # deferred: config parsing must not need torchvision eagerly
 
     cfg = copy.deepcopy(raw)
-    warnings = [f"unknown section {name!r} (ignored)" for name in cfg if name not in SECTIONS]
+    warnings = [f"unknown section {show(name)} (ignored)" for name in cfg if name not in SECTIONS]
     for section in ('Network', 'Layers'):
-        if not isinstance(cfg.get(section), dict):
+        if cfg.get(section) is None:
             raise ConfigError(f"section {section} is required")
     for section in ('DEFAULT', 'ATTACK'):
-        cfg[section] = cfg.get(section) or {}
+        if cfg.get(section) is None:
+            cfg[section] = {}
+    for section in SECTIONS:
         if not isinstance(cfg[section], dict):
-            raise ConfigError(f"section {section} must be a mapping")
+            raise ConfigError(f"section {section} must be a mapping, got {show(cfg[section])}")
 
     default = cfg['DEFAULT']
     for key, value in DEFAULT_DEFAULTS.items():
@@ -141,11 +233,11 @@ def resolve(raw):
                           "Network.save_target are all false")
     for key in ('train_samples', 'test_samples'):
         get_number(default, key, 'DEFAULT', default=None, positive=True, integer=True)
-    get_number(default, 'seed', 'DEFAULT', integer=True, minimum=0)
+    get_number(default, 'seed', 'DEFAULT', integer=True, minimum=0, maximum=MAX_SEED)
     get_choice(default, 'dtype', 'DEFAULT', DTYPES)
     if default['ckpt'] is not None:
-        if not isinstance(default['ckpt'], str):
-            raise ConfigError(f"DEFAULT.ckpt must be a file path or null, got {default['ckpt']!r}")
+        if not isinstance(default['ckpt'], str) or '\0' in default['ckpt']:
+            raise ConfigError(f"DEFAULT.ckpt must be a file path or null, got {show(default['ckpt'])}")
         default['ckpt'] = resolve_input_path(default['ckpt'])
         if not os.path.isfile(default['ckpt']):
             raise ConfigError(f"DEFAULT.ckpt: checkpoint '{default['ckpt']}' does not exist")
@@ -154,18 +246,21 @@ def resolve(raw):
         warnings.append("DEFAULT.advtest without training or DEFAULT.ckpt evaluates an untrained network")
 
     network = cfg['Network']
-    if network.get('ckpt_v'):
-        network['ckpt_v'] = resolve_input_path(network['ckpt_v'])
-    settings = NetworkSettings.from_config(network)
-    get_number(network, 'epochs', 'Network', integer=True, minimum=0)
+    settings = NetworkSettings.from_config(network)  # also checks that ckpt_v is a path or null
+    network['ckpt_v'] = resolve_input_path(settings.ckpt_v)
+    settings = dataclasses.replace(settings, ckpt_v=network['ckpt_v'])
+    get_number(network, 'epochs', 'Network', integer=True, minimum=0, maximum=MAX_EPOCHS)
     get_number(network, 'batch_size', 'Network', positive=True, integer=True)
     get_number(network, 'lr', 'Network', positive=True)
     get_number(network, 'mean', 'Network')
-    get_number(network, 'std', 'Network', positive=True)
+    get_number(network, 'std', 'Network', positive=True, minimum=MIN_STD)
     dataset = get_choice(network, 'dataset', 'Network', tuple(INPUT_SHAPES))
-    if not isinstance(network.get('data_path'), str):
-        raise ConfigError(f"Network.data_path must be a directory path, got {network.get('data_path')!r}")
-    network.setdefault('T_max', PUBLISHED_KERNEL_T_MAX if settings.loss == 'kernel' else network['epochs'])
+    if not isinstance(network.get('data_path'), str) or '\0' in network['data_path']:
+        raise ConfigError(f"Network.data_path must be a directory path, got "
+                          f"{show(network.get('data_path'))}")
+    # (epochs 0 trains nothing; its T_max is never used but must still be a valid period)
+    network.setdefault('T_max', PUBLISHED_KERNEL_T_MAX if settings.loss == 'kernel'
+                       else max(network['epochs'], 1))
     get_number(network, 'T_max', 'Network', positive=True)
     if settings.n_class != N_CLASSES[dataset]:
         raise ConfigError(f"Network.n_class is {settings.n_class} but {dataset} has "
@@ -173,7 +268,13 @@ def resolve(raw):
     warnings += [f"unknown key Network.{key} (ignored)" for key in network
                  if key not in NETWORK_KEYS | PUBLISHED_UNUSED_KEYS]
 
+    if len(cfg['Layers']) > MAX_LAYERS:
+        raise ConfigError(f"Layers: {len(cfg['Layers'])} layers, at most {MAX_LAYERS}")
+    for name in cfg['Layers']:
+        if not isinstance(name, str):
+            raise ConfigError(f"Layers: layer names are text, got {show(name)}")
     plan = layer_shapes(cfg['Layers'], INPUT_SHAPES[dataset])
+    check_sizes(cfg, settings, plan, INPUT_SHAPES[dataset])
     warnings += [f"unknown key {key} (ignored)" for key in unknown_layer_keys(cfg['Layers'])]
     if settings.adaptive:
         if settings.ckpt_v is not None:
@@ -190,7 +291,9 @@ def resolve(raw):
     warnings += [f"unknown key ATTACK.{key} (ignored)" for key in attack if key not in ATTACK_KEYS]
     for key in ('strength', 'train'):
         if not isinstance(attack[key], list):
-            raise ConfigError(f"ATTACK.{key} must be a list such as [8/255], got {attack[key]!r}")
+            raise ConfigError(f"ATTACK.{key} must be a list such as [8/255], got {show(attack[key])}")
+        if len(attack[key]) > MAX_EPSILONS:
+            raise ConfigError(f"ATTACK.{key} has {len(attack[key])} entries, at most {MAX_EPSILONS}")
         for index, value in enumerate(attack[key]):
             parse_epsilon(value, f"ATTACK.{key}[{index}]")
     get_choice(attack, 'ft_method', 'ATTACK', FT_METHODS)
@@ -198,6 +301,36 @@ def resolve(raw):
     if default['advtrain'] and not attack['train']:
         raise ConfigError("DEFAULT.advtrain needs ATTACK.train, e.g. [2/255]")
     return cfg, warnings
+
+
+def check_sizes(cfg, settings, plan, in_shape):
+    """Refuse, before anything is allocated, a network whose weights, or one batch's layer outputs
+    over all time steps, need far more memory than any machine has. ``plan`` is layer_shapes()'s
+    (the layers are valid)."""
+    default, network = cfg['DEFAULT'], cfg['Network']
+    weights, outputs, shape = 0, math.prod(in_shape), tuple(in_shape)
+    for name, kind, out_shape in plan:
+        if kind == 'conv':
+            kh, kw = get_pair(cfg['Layers'][name], 'kernel_size', f"Layers.{name}")
+            weights += out_shape[0] * shape[0] * kh * kw
+        elif kind == 'linear':
+            weights += out_shape[0] * math.prod(shape)
+        if settings.adaptive and kind in ('conv', 'linear') and name != 'output':
+            weights += math.prod(out_shape) * (1 + settings.n_steps)  # theta_v and the NDS
+        outputs += math.prod(out_shape)
+        shape = out_shape
+    if weights > MAX_PARAMETERS:
+        raise ConfigError(f"Layers: the network would have {weights:,} weight elements (at most "
+                          f"{MAX_PARAMETERS:,}); the layers are far too large")
+    # The loaders' batches are never larger than the data set (when both sample counts cap it).
+    batch = network['batch_size']
+    if default['train_samples'] is not None and default['test_samples'] is not None:
+        batch = min(batch, max(default['train_samples'], default['test_samples']))
+    elements = batch * settings.n_steps * outputs
+    if elements > MAX_BATCH_ELEMENTS:
+        raise ConfigError(f"Network.batch_size: a batch of {batch} samples x {settings.n_steps} "
+                          f"time steps x {outputs:,} layer outputs is {elements:,} elements (at "
+                          f"most {MAX_BATCH_ELEMENTS:,}); lower batch_size or n_steps")
 
 
 def check_nds_file(settings, plan):
@@ -210,7 +343,7 @@ def check_nds_file(settings, plan):
         expected = (*out_shape, settings.n_steps)
         if name not in nds:
             raise ConfigError(f"Network.ckpt_v ({settings.ckpt_v}) has no NDS for layer '{name}' "
-                              f"(it has: {', '.join(nds) or 'nothing'})")
+                              f"(it has: {show(', '.join(map(str, nds)), 200) or 'nothing'})")
         if tuple(nds[name].shape) != expected:
             raise ConfigError(f"Network.ckpt_v ({settings.ckpt_v}): layer '{name}' NDS has shape "
                               f"{list(nds[name].shape)}, expected {list(expected)}")

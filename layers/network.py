@@ -4,7 +4,7 @@ import os
 import torch
 import torch.nn as nn
 
-from .config_keys import ConfigError, get_choice
+from .config_keys import ConfigError, get_choice, show
 from .conv import ConvLayer, conv_output_shape
 from .dropout import DropoutLayer
 from .linear import LinearLayer, linear_output_shape
@@ -35,7 +35,7 @@ def layer_shapes(layers_cfg, input_shape):
     for name, cfg in layers_cfg.items():
         where = f"Layers.{name}"
         if not isinstance(cfg, dict):
-            raise ConfigError(f"{where} must be a mapping, got {cfg!r}")
+            raise ConfigError(f"{where} must be a mapping, got {show(cfg)}")
         kind = get_choice(cfg, 'type', where, LAYER_TYPES)
         if kind == 'conv':
             shape = conv_output_shape(cfg, shape, where)

@@ -87,12 +87,15 @@ def test_full_network_layouts(name, model, golden):
 
 
 @pytest.mark.parametrize('text,value', [('8/255', 8 / 255), (' 1/10 ', 0.1), ('0.5', 0.5),
-                                        ('.5/2', 0.25), (0.3, 0.3), (2, 2.0), ('16/255', 16 / 255)])
+                                        ('.5/2', 0.25), (0.3, 0.3), (1, 1.0), ('16/255', 16 / 255),
+                                        ('1e-3', 0.001), ('2.5E-2/2', 0.0125)])
 def test_epsilon_parsing(text, value):
     assert parse_epsilon(text, 'ATTACK.strength[0]') == value
 
 
-@pytest.mark.parametrize('text', ["__import__('os')", '8/0', '-1/255', '1e-3*2', 'eps', True, '8//255'])
+@pytest.mark.parametrize('text', ["__import__('os')", '8/0', '-1/255', '1e-3*2', 'eps', True, '8//255',
+                                  float('nan'), float('inf'), '1e999', '2', '9' * 5000,
+                                  '1/' + '9' * 5000, [0.1], None])
 def test_epsilon_refused(text):
     with pytest.raises(ConfigError, match=r'ATTACK\.strength\[0\]'):
         parse_epsilon(text, 'ATTACK.strength[0]')
@@ -194,3 +197,65 @@ def test_unreadable_config(tmp_path):
     broken.write_text('Network: [unclosed\n')
     with pytest.raises(ConfigError, match='not valid YAML'):
         load_config(str(broken))
+
+
+@pytest.mark.parametrize('override,culprit', [
+    # NaN, infinities and absurd sizes for integer keys
+    ('DEFAULT.train_samples=.nan', 'DEFAULT.train_samples'), ('Network.epochs=.inf', 'Network.epochs'),
+    ('Network.epochs=1e12', 'Network.epochs'), ('Network.n_steps=1000000', 'Network.n_steps'),
+    ('DEFAULT.seed=18446744073709551616', 'DEFAULT.seed'), ('DEFAULT.seed=-1', 'DEFAULT.seed'),
+    ('Layers.conv_1.in_channels=.nan', 'Layers.conv_1.in_channels'),
+    ('ATTACK.strength=[.nan]', 'ATTACK.strength[0]'), ('ATTACK.train=[.inf]', 'ATTACK.train[0]'),
+    ('ATTACK.strength=[8]', 'ATTACK.strength[0]'),
+    ('Network.tau_s=1e-300', 'Network.tau_s'), ('Network.tau_m=0.5', 'Network.tau_m'),
+    ('Network.tau_v=1e-300', 'Network.tau_v'),
+    ('Network.ckpt_v=5', 'Network.ckpt_v'), ('Network.ckpt_v=false', 'Network.ckpt_v'),
+    ('Network.ckpt_v=[a]', 'Network.ckpt_v'), ('Network.ckpt_v={a: 1}', 'Network.ckpt_v'),
+    # accepted before without a word, and meaningless
+    ('Layers.conv_1.threshold=0', 'Layers.conv_1.threshold'),
+    ('Layers.FC_1.threshold=-1', 'Layers.FC_1.threshold'),
+    ('Layers.output.threshold=.inf', 'Layers.output.threshold'),
+    ('Layers.conv_2.weight_scale=0', 'Layers.conv_2.weight_scale'),
+    ('Layers.FC_1.weight_scale=-2', 'Layers.FC_1.weight_scale'),
+    ('Layers.conv_1.weight_scale=1e308', 'Layers.conv_1.weight_scale'),
+    ('Layers.pooling_1.theta=.nan', 'Layers.pooling_1.theta'),
+    ('Layers.pooling_1.theta=-1.1', 'Layers.pooling_1.theta'),
+    ('Network.mean=.nan', 'Network.mean'), ('Network.std=.inf', 'Network.std'),
+    ('Network.T_max=.nan', 'Network.T_max'), ('Network.lr=-.inf', 'Network.lr'),
+    ('Network.lr=1e999', 'Network.lr'),
+    # sizes that would allocate far more than any machine has
+    ('Layers.conv_1.out_channels=1000000000', 'Layers.conv_1'),
+    ('Network.batch_size=1000000000', 'Network.batch_size'),
+    ('Layers.conv_1.kernel_size=[5, 1e9]', 'Layers.conv_1.kernel_size'),
+])
+def test_meaningless_values_are_one_line_errors(override, culprit):
+    path = os.path.join(NETWORKS, 'MNIST.yaml')
+    with pytest.raises(ConfigError) as info:
+        load_config(path, [override])
+    message = str(info.value)
+    assert message.startswith(f'{path}: {culprit}') and '\n' not in message and len(message) < 300
+
+
+@pytest.mark.parametrize('section', ['null', '"text"', '[1, 2]'])
+def test_set_into_a_section_that_is_not_a_mapping(tmp_path, section):
+    path = tmp_path / 'odd.yaml'
+    text = open(os.path.join(NETWORKS, 'MNIST.yaml')).read()
+    path.write_text(text.replace('ATTACK:\n', f'ATTACK: {section}\nUNUSED:\n', 1))
+    if section == 'null':  # an empty section: --set fills it
+        cfg, _ = load_config(str(path), ['ATTACK.strength=[1e-2]'])
+        assert cfg['ATTACK']['strength'] == [0.01]
+    else:
+        with pytest.raises(ConfigError, match=r"--set 'ATTACK.strength=\[1e-2\]': ATTACK is not a section"):
+            load_config(str(path), ['ATTACK.strength=[1e-2]'])
+        with pytest.raises(ConfigError, match='section ATTACK must be a mapping'):
+            load_config(str(path))
+
+
+def test_integral_floats_are_integers():
+    """``1e1`` is a float in YAML; integer keys take it as the integer it is."""
+    cfg, _ = load_config(os.path.join(NETWORKS, 'MNIST.yaml'),
+                         ['Network.epochs=1e1', 'Layers.conv_1.kernel_size=5.0', 'Network.ckpt_v=null'])
+    assert cfg['Network']['epochs'] == 10
+    with torch.device('meta'):
+        net = Network(cfg['Network'], cfg['Layers'], [1, 28, 28])
+    assert tuple(net.layers[0].weight.shape) == (15, 1, 5, 5, 1)
