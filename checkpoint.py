@@ -237,3 +237,10 @@ def load_weights(model_without_ddp, checkpoint, path):
         message = ' '.join(str(exc).split())
         raise CheckpointError(f"checkpoint '{path}' does not fit the network of the config: "
                               f"{message[:600]}") from None
+
+
+def rederived_rng_seed(seed, epoch, rank):
+    """The seed of rank ``rank``'s RNG streams when a run is resumed at ``epoch`` on another
+    number of processes (the saved per-rank states do not fit): a pure function of the three,
+    distinct from the start-of-run seeds ``seed + 1000 * rank``."""
+    return seed + 1000 * rank + 1_000_003 * (epoch + 1)

@@ -29,16 +29,17 @@ def train_step(model, x, labels, optimizer, network=None, dropout=True):
     """One optimiser step of SPEC §7: forward, loss, backward, gradient-norm clipping at 1, AdamW
     step, weight clipping. ``model`` may be the DDP wrapper of ``network`` (the unwrapped module;
     default: ``model`` itself). The caller sets train/eval mode. ``dropout=False`` runs the net
-    with ``is_train=False`` (the golden recordings did). Returns ``(out, loss)``."""
+    with ``is_train=False`` (the golden recordings did). Returns ``(out, loss, grad_norm)``
+    (the norm before clipping, as clip_grad_norm_ returns it; a device tensor, not synchronised)."""
     network = model if network is None else network
     out, _ = model(x, dropout)
     loss = compute_loss(out, labels, network.settings)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP_NORM)
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP_NORM)
     optimizer.step()
     network.weight_clipper()
-    return out, loss
+    return out, loss, grad_norm
 
 
 def _to_device(images, labels, ctx, dtype):
@@ -47,10 +48,11 @@ def _to_device(images, labels, ctx, dtype):
 
 
 def train_one_epoch(model, model_without_ddp, loader, optimizer, ctx, progress, epoch,
-                    adversary=None):
+                    adversary=None, guard=None):
     """One pass over ``loader``. ``adversary``: ``(attack, eps, bounds)`` (model units, see
     attack.py) for adversarial training -- examples are crafted on the unwrapped module in train
-    mode (BatchNorm batch statistics), so input gradients trigger no DDP reduction."""
+    mode (BatchNorm batch statistics), so input gradients trigger no DDP reduction. ``guard``:
+    a guards.TrainingGuard that sees every step's loss and gradient norm (stops on NaN/Inf)."""
     settings = model_without_ddp.settings
     dtype = next(model_without_ddp.parameters()).dtype
     model.train()
@@ -59,13 +61,17 @@ def train_one_epoch(model, model_without_ddp, loader, optimizer, ctx, progress, 
     seen = 0
     start = time.perf_counter()
     bar = progress(loader, desc=f"epoch {epoch} train", total=len(loader))
+    if guard is not None:
+        guard.start_epoch(epoch, len(loader))
     for step, (images, labels) in enumerate(bar):
         images, labels = _to_device(images, labels, ctx, dtype)
         x = time_expand(images, settings.n_steps)
         if adversary is not None:
             attack, eps, bounds = adversary
             x = attack(model_without_ddp, x, labels, eps, bounds)
-        out, loss = train_step(model, x, labels, optimizer, model_without_ddp)
+        out, loss, grad_norm = train_step(model, x, labels, optimizer, model_without_ddp)
+        if guard is not None:
+            guard.after_step(step, loss, grad_norm)
         loss_sum += loss.detach() * labels.shape[0]
         correct += (predict(out.detach()) == labels).sum()
         seen += labels.shape[0]

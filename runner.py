@@ -20,17 +20,20 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from attack import Normalization, attack_bounds, training_attack
-from checkpoint import CheckpointError, load_checkpoint, load_weights, rng_states, set_rng_states
+from checkpoint import (CheckpointError, check_resumable, load_checkpoint, load_weights,
+                        rederived_rng_seed, rng_states, set_rng_states)
 from config import (ConfigError, attack_strengths, config_path_for_dataset, input_shape, load_config,
                     train_epsilon)
 from datasets import DATASETS, DatasetNotFound, build_datasets
 from distributed import (ShardSampler, all_gather_object, broadcast_buffers, cleanup_distributed,
                          init_distributed)
 from engine import adversarial_test, build_optimizer, evaluate, record_nds, train_one_epoch
+from guards import TrainingDiverged, TrainingGuard
 from layers import Network
 from outputs import RunOutputs
+from rundir import checkpoint_bytes, open_run_directory
 
-USER_ERRORS = (ConfigError, CheckpointError, DatasetNotFound)
+USER_ERRORS = (ConfigError, CheckpointError, DatasetNotFound, TrainingDiverged)
 EXIT_USER_ERROR = 2
 SAVE_EVERY_EPOCHS = 100
 # The buffers (NDS, BN running statistics) are not re-sent from rank 0 before every forward:
@@ -138,18 +141,32 @@ def run_experiment(cfg, out_dir, ctx, resume=False, workers=None, nds_out=None, 
     """One run of a resolved config: (train) -> (record the NDS) -> (adversarial test).
     Model and checkpoints are checked before any data set is touched. Returns the results dict
     (on rank 0; the other ranks' copy has no robustness table)."""
-    default, network = cfg['DEFAULT'], cfg['Network']
+    default = cfg['DEFAULT']
     training = default['cleantrain'] or default['advtrain']
     seed_everything(default['seed'])  # the same initial weights on every rank
 
     model_without_ddp = build_model(cfg)
+    # One --out, one run: rank 0 creates it, checks it (a directory, writable, room for one
+    # checkpoint) and locks it before anything is computed; released however the run ends.
+    run_dir = open_run_directory(out_dir, ctx,
+                                 checkpoint_bytes(model_without_ddp) if training else 0)
+    try:
+        return _run_in_directory(cfg, out_dir, ctx, model_without_ddp, resume, workers, nds_out,
+                                 warnings)
+    finally:
+        run_dir.release()
 
+
+def _run_in_directory(cfg, out_dir, ctx, model_without_ddp, resume, workers, nds_out, warnings):
+    """run_experiment, once ``out_dir`` is locked."""
+    default, network = cfg['DEFAULT'], cfg['Network']
+    training = default['cleantrain'] or default['advtrain']
     last_path = os.path.join(out_dir, 'last.pth')
     resume_state = None
     if resume:
         if not os.path.isfile(last_path):
             raise CheckpointError(f"--resume: '{last_path}' does not exist (nothing to resume)")
-        resume_state = load_checkpoint(last_path)
+        resume_state = check_resumable(load_checkpoint(last_path), last_path)
         load_weights(model_without_ddp, resume_state, last_path)
     elif default['ckpt'] is not None:
         load_weights(model_without_ddp, load_checkpoint(default['ckpt']), default['ckpt'])
@@ -220,13 +237,30 @@ def train(model, model_without_ddp, train_loader, test_loader, cfg, ctx, outputs
         best_path = os.path.join(outputs.out_dir, 'best.pth')
         if os.path.isfile(best_path):
             best_state = load_checkpoint(best_path)['net']
-        set_rng_states(resume_state['rng'][ctx.rank])
+        saved_world_size = len(resume_state['rng'])
+        if saved_world_size == ctx.world_size:
+            set_rng_states(resume_state['rng'][ctx.rank])
+        else:
+            # No saved stream for this rank layout: derive each rank's from (seed, epoch, rank).
+            # The DistributedSampler also deals the samples to ranks differently, so the run
+            # goes on correctly but not as the uninterrupted run would have (README).
+            seed_everything(rederived_rng_seed(default['seed'], start_epoch, ctx.rank))
+            outputs.log(f"warning: resuming a {saved_world_size}-process run on "
+                        f"{ctx.world_size}: per-process RNG streams re-derived from the seed, "
+                        f"epoch and rank; the sample order and the global batch change")
         outputs.log(f"resumed after epoch {resume_state['epoch']}")
 
+    # NaN/Inf in the loss, gradient norm or weights stops the run (naming epoch and step)
+    # before any checkpoint holds them; a run at chance with an exploding loss is warned about.
+    guard = TrainingGuard(model_without_ddp, ctx, network['n_class'],
+                          hint=f"Network.lr is {network['lr']:g}: try a smaller one")
     for epoch in range(start_epoch, network['epochs']):
         train_loader.sampler.set_epoch(epoch)
         metrics = train_one_epoch(model, model_without_ddp, train_loader, optimizer, ctx,
-                                  outputs.progress, epoch, adversary)
+                                  outputs.progress, epoch, adversary, guard)
+        warning = guard.end_epoch(metrics)
+        if warning:
+            outputs.log(f"warning: {warning}")
         scheduler.step()
         broadcast_buffers(ctx, model_without_ddp)
         test_acc, n = evaluate(model_without_ddp, test_loader, ctx, outputs.progress)

@@ -18,7 +18,7 @@ import torch
 import checkpoint
 import guards
 import rundir
-from checkpoint import (CheckpointError, OutputError, atomic_write, atomic_write_text,
+from checkpoint import (CheckpointError, OutputError, atomic_write_text,
                         check_resumable, load_checkpoint, save_checkpoint)
 from conftest import ROOT
 from distributed import DistContext
@@ -298,3 +298,197 @@ def test_fault_hook_is_read_when_training_starts(monkeypatch):
     assert guards.TrainingGuard(_Tiny(), DistContext(), 10).kill_at_step is None
     monkeypatch.setenv(guards.FAULT_KILL_ENV, '7')
     assert guards.TrainingGuard(_Tiny(), DistContext(), 10).kill_at_step == 7
+
+
+# ----------------------------------------------------------------------------- end to end (main.py)
+
+N_TRAIN, N_TEST = 48, 16
+SMALL_LAYERS = ['Layers.conv_1.out_channels=4', 'Layers.conv_2.in_channels=4',
+                'Layers.conv_2.out_channels=6', 'Layers.FC_1.n_inputs=96',
+                'Layers.FC_1.n_outputs=32', 'Layers.output.n_inputs=32'] + [
+    f'Layers.{name}.weight_scale=2' for name in ('conv_1', 'conv_2', 'FC_1', 'output')]
+
+
+@pytest.fixture(scope='module')
+def mnist_dir(tmp_path_factory):
+    from fixtures import write_mnist_like
+    directory = tmp_path_factory.mktemp('mnist')
+    write_mnist_like(str(directory), N_TRAIN, N_TEST)
+    return str(directory)
+
+
+def cli(mnist_dir, out, *extra, epochs=1, batch=16):
+    sets = [f'Network.data_path={mnist_dir}', 'Network.model=LIF', f'Network.epochs={epochs}',
+            f'Network.batch_size={batch}', 'Network.ckpt_v=null', 'DEFAULT.advtest=false',
+            *SMALL_LAYERS, *extra]
+    return ['-d', '0', '--out', str(out), *[arg for s in sets for arg in ('--set', s)]]
+
+
+def run_main(args, capsys):
+    """``(exit status, stderr)`` of main.main(args) in this process; stderr must be one line
+    when the run fails (no traceback)."""
+    import main
+    capsys.readouterr()
+    code = main.main(args)
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith('error:')]
+    if code != 0:
+        assert len(errors) == 1 and 'Traceback' not in err, err
+    return code, errors[0] if errors else ''
+
+
+def finite_checkpoints(out):
+    """Every .pth under ``out`` loads (load_checkpoint refuses NaN/Inf weights)."""
+    names = sorted(f for f in os.listdir(out) if f.endswith('.pth')) if os.path.isdir(out) else []
+    for name in names:
+        load_checkpoint(os.path.join(out, name))
+    return names
+
+
+def _nan_loss_at(monkeypatch, bad_step):
+    """Make the loss of the ``bad_step``-th training step (counting from 0 over the run) NaN."""
+    import engine
+    calls = {'n': 0}
+    real = engine.compute_loss
+
+    def loss(*args, **kwargs):
+        value = real(*args, **kwargs)
+        calls['n'] += 1
+        return value * float('nan') if calls['n'] - 1 == bad_step else value
+    monkeypatch.setattr(engine, 'compute_loss', loss)
+
+
+def test_divergence_in_the_first_epoch_writes_no_checkpoint(mnist_dir, tmp_path, monkeypatch,
+                                                            capsys):
+    _nan_loss_at(monkeypatch, 1)
+    out = tmp_path / 'run'
+    code, err = run_main(cli(mnist_dir, out), capsys)
+    assert code == 2
+    assert 'training diverged' in err and 'epoch 0, step 1' in err and 'Network.lr' in err
+    assert finite_checkpoints(out) == []  # no best.pth, no last.pth
+
+
+def test_divergence_later_keeps_the_good_checkpoints(mnist_dir, tmp_path, monkeypatch, capsys):
+    _nan_loss_at(monkeypatch, N_TRAIN // 16 + 1)  # epoch 1, step 1
+    out = tmp_path / 'run'
+    code, err = run_main(cli(mnist_dir, out, epochs=3), capsys)
+    assert code == 2 and 'epoch 1, step 1' in err
+    assert finite_checkpoints(out) == ['best.pth', 'last.pth']
+    assert load_checkpoint(str(out / 'last.pth'))['epoch'] == 0
+
+
+def test_unusable_files_exit_2_in_one_line(mnist_dir, tmp_path, capsys):
+    empty = tmp_path / 'empty.pth'
+    empty.write_bytes(b'')
+    good = tmp_path / 'good'
+    assert run_main(cli(mnist_dir, good), capsys)[0] == 0
+    state = load_checkpoint(str(good / 'best.pth'))
+    key = sorted(state['net'])[0]
+    poisoned = {**state['net'], key: state['net'][key].clone()}
+    poisoned[key].view(-1)[0] = float('nan')
+    nan = tmp_path / 'nan.pth'
+    torch.save({**state, 'net': poisoned}, nan)
+
+    for ckpt, words in ((empty, 'is empty'), (nan, f"tensor '{key}' holds 1 NaN/Inf")):
+        code, err = run_main(cli(mnist_dir, tmp_path / 'eval', 'DEFAULT.cleantrain=false',
+                                 'DEFAULT.advtest=true', f'DEFAULT.ckpt={ckpt}'), capsys)
+        assert code == 2 and words in err and str(ckpt) in err
+    code, err = run_main(cli(mnist_dir, tmp_path / 'nds', 'Network.model=ALIF',
+                             f'Network.ckpt_v={empty}'), capsys)
+    assert code == 2 and 'is empty' in err
+
+    # last.pth: empty, or in the released format ({'net', 'epoch'} only), with --resume
+    resumed = tmp_path / 'resumed'
+    resumed.mkdir()
+    (resumed / 'last.pth').write_bytes(b'')
+    code, err = run_main(cli(mnist_dir, resumed, epochs=2) + ['--resume'], capsys)
+    assert code == 2 and 'is empty' in err
+    torch.save({'net': state['net'], 'epoch': 0}, resumed / 'last.pth')
+    code, err = run_main(cli(mnist_dir, resumed, epochs=2) + ['--resume'], capsys)
+    assert code == 2 and 'DEFAULT.ckpt' in err
+
+
+def test_out_through_a_file_exits_2(mnist_dir, tmp_path, capsys):
+    afile = tmp_path / 'afile'
+    afile.write_text('keep')
+    for out in (afile, afile / 'run'):
+        code, err = run_main(cli(mnist_dir, out), capsys)
+        assert code == 2 and f"'{afile}' is a file, not a directory" in err
+    assert afile.read_text() == 'keep'
+
+
+def test_read_only_out_exits_2(mnist_dir, tmp_path, monkeypatch, capsys):
+    """A read-only --out (injected: root ignores chmod): refused before training, one line."""
+    out = tmp_path / 'ro'
+    out.mkdir()
+    real_open = os.open
+
+    def read_only(path, flags, *args, **kwargs):
+        if str(path).startswith(str(out)) and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+        return real_open(path, flags, *args, **kwargs)
+    monkeypatch.setattr(os, 'open', read_only)
+    code, err = run_main(cli(mnist_dir, out), capsys)
+    assert code == 2 and 'read-only file system' in err and str(out) in err
+
+
+def test_read_only_and_full_mounts_exit_2(mnist_dir, tmpfs, capsys):
+    read_only = tmpfs('ro,size=64k')
+    code, err = run_main(cli(mnist_dir, read_only / 'run'), capsys)
+    assert code == 2 and 'read-only file system' in err
+    full = tmpfs('size=1m')  # less than one checkpoint plus the margin: refused up front
+    code, err = run_main(cli(mnist_dir, full / 'run'), capsys)
+    assert code == 2 and f'no space left on {full}' in err
+    assert os.listdir(full) == []  # no empty run folder left behind
+
+
+def test_disk_full_at_the_first_save_keeps_nothing_half_written(mnist_dir, tmp_path, monkeypatch,
+                                                                 capsys):
+    real_fsync = os.fsync
+
+    def full(fd):
+        if os.readlink(f'/proc/self/fd/{fd}').endswith('.tmp') and \
+                '.pth' in os.readlink(f'/proc/self/fd/{fd}'):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_fsync(fd)
+    monkeypatch.setattr(checkpoint.os, 'fsync', full)
+    out = tmp_path / 'run'
+    code, err = run_main(cli(mnist_dir, out), capsys)
+    assert code == 2 and f'no space left on {out}' in err
+    assert not [f for f in os.listdir(out) if f.endswith(('.pth', '.tmp'))]
+
+
+def test_second_run_on_a_locked_out_exits_2(mnist_dir, tmp_path, capsys):
+    out = tmp_path / 'run'
+    with rundir.RunDirectory(str(out)):  # a first run, alive
+        code, err = run_main(cli(mnist_dir, out), capsys)
+        assert code == 2 and 'in use by another run' in err and rundir.LOCK_NAME in err
+    assert not os.path.exists(out / 'last.pth')
+
+
+def test_stale_lock_is_taken_over_by_a_run(mnist_dir, tmp_path, capsys):
+    out = tmp_path / 'run'
+    out.mkdir()
+    (out / rundir.LOCK_NAME).write_text(f"{2**22 + 12345} {socket.gethostname()}\n")
+    assert run_main(cli(mnist_dir, out), capsys)[0] == 0
+    assert not (out / rundir.LOCK_NAME).exists()
+
+
+@pytest.mark.slow
+def test_resume_on_another_number_of_processes(mnist_dir, tmp_path):
+    """A run of 2 processes (torchrun) resumed on 1: the saved per-rank RNG states do not fit,
+    so they are re-derived from seed, epoch and rank, with a warning; the run finishes."""
+    out = tmp_path / 'run'
+    args = cli(mnist_dir, out, epochs=2)
+    first = subprocess.run(
+        [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2',
+         os.path.join(ROOT, 'main.py'), *args, '--set', 'Network.epochs=1'],
+        cwd=str(tmp_path), capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert len(load_checkpoint(str(out / 'last.pth'))['rng']) == 2
+    resumed = subprocess.run([sys.executable, os.path.join(ROOT, 'main.py'), *args, '--resume'],
+                             cwd=str(tmp_path), capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert 'resuming a 2-process run on 1' in resumed.stdout
+    state = load_checkpoint(str(out / 'last.pth'))
+    assert state['epoch'] == 1 and len(state['rng']) == 1
