@@ -6,9 +6,10 @@ from .neuron_registry import NEURONS
 
 MODELS = tuple(NEURONS)
 LOSSES = ('kernel', 'softmax')
-# Far beyond the 5 steps of every published model; a forward pass loops over the steps in Python,
-# so a much longer run is hours per epoch (and its NDS [*shape, T] gigabytes).
-MAX_N_STEPS = 1000
+# 20 times the 5 steps of every published model. Every step is one more pass through every layer
+# (a Python loop over the steps): at 1000 steps one PGD evaluation of a handful of MNIST images
+# already takes minutes on a CPU, and the NDS [*shape, T] of a large network gigabytes.
+MAX_N_STEPS = 100
 # theta_v starts at 1/tau_v: keep it a sane float32 number.
 MIN_TAU_V = 1e-6
 
