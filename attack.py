@@ -96,6 +96,16 @@ def rfgsm(model, x, labels, eps, bounds=None):
     return _fgsm_step(model, x_start, labels, eps - alpha, bounds)
 
 
+def fgsm_random_start(model, x, labels, eps, bounds=None, step_scale=1.25):
+    """FGSM with a random start (Wong, Rice & Kolter 2020, "Fast is better than free"): a uniform
+    start in the eps-ball, one sign step of ``step_scale * eps``, projected back onto the ball and
+    clamped. Not in the paper: an option for adversarial training (``ATTACK.ft_method: fgm_rs``)."""
+    x = x.detach()
+    x_start = _clamp(x + torch.empty_like(x).uniform_(-eps, eps), bounds)
+    x_adv = _fgsm_step(model, x_start, labels, step_scale * eps, bounds)
+    return _clamp(torch.min(torch.max(x_adv, x - eps), x + eps), bounds)
+
+
 def gaussian_noise(model, x, labels, eps, bounds=None):
     """Gaussian noise ``x + eps * N(0, 1)``, then clamp (``model``/``labels`` unused: same
     signature as the attacks)."""
@@ -141,6 +151,7 @@ ATTACKS = {attack.name: attack for attack in (
     Attack('pgd', projected_steps, ('test', 'train'), dict(steps=7, step_divisor=3), title='PGD',
            ft_method='pgd'),
     Attack('bim', projected_steps, ('test',), dict(steps=7, step_divisor=7), title='BIM'),
+    Attack('fgsm-rs', fgsm_random_start, ('train',), title='FGSM-RS', ft_method='fgm_rs'),
     Attack('gaussian', gaussian_noise, title='Gaussian noise'),
     Attack('noise', random_sign_noise, ('baseline',), title='sign noise'),
 )}

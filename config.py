@@ -11,7 +11,9 @@ from fractions import Fraction
 
 import yaml
 
-from layers import ConfigError, NetworkSettings, layer_shapes, read_nds_file, unknown_layer_keys
+from layers import (ConfigError, NetworkSettings, layer_shapes, parse_gradient_path, read_nds_file,
+                    unknown_layer_keys)
+from layers.bptt import PUBLISHED as PUBLISHED_GRADIENT
 from layers.config_keys import get_bool, get_choice, get_number, get_pair, show
 from attack import FT_METHODS  # ATTACK.ft_method: the attacks of usage 'train' (attack.ATTACKS)
 from paths import PROJECT_ROOT, resolve_input_path
@@ -27,7 +29,7 @@ NETWORK_KEYS = {'epochs', 'model', 'tau_v', 'ckpt_v', 'batch_size', 'lr', 'T_max
                 'tau_m', 'tau_s'}
 # Carried by the published YAMLs but read by nothing (TSSL-BP leftovers): accepted silently.
 PUBLISHED_UNUSED_KEYS = {'desired_count', 'undesired_count', 'rule'}
-ATTACK_KEYS = {'strength', 'train', 'ft_method', 'clamp'}
+ATTACK_KEYS = {'strength', 'train', 'ft_method', 'ft_gradient', 'clamp'}
 # The published kernel-loss code (MNIST/CIFAR10) fixed the cosine period at 200 epochs; the softmax
 # code (CIFAR100) used the number of epochs.
 PUBLISHED_KERNEL_T_MAX = 200
@@ -297,6 +299,13 @@ def resolve(raw):
         for index, value in enumerate(attack[key]):
             parse_epsilon(value, f"ATTACK.{key}[{index}]")
     get_choice(attack, 'ft_method', 'ATTACK', FT_METHODS)
+    # The gradient that crafts adversarial training examples: the published backward (default,
+    # SPEC §4) or a BPTT path through membrane, reset and threshold (layers/bptt.py).
+    attack.setdefault('ft_gradient', PUBLISHED_GRADIENT)
+    try:
+        parse_gradient_path(attack['ft_gradient'])
+    except ValueError as exc:
+        raise ConfigError(f"ATTACK.ft_gradient: {exc}") from None
     get_bool(attack, 'clamp', 'ATTACK')
     if default['advtrain'] and not attack['train']:
         raise ConfigError("DEFAULT.advtrain needs ATTACK.train, e.g. [2/255]")

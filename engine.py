@@ -9,7 +9,7 @@ import torch
 
 from attack import ATTACKS, attacks_for
 from distributed import all_reduce_sum
-from layers import compute_loss, predict
+from layers import compute_loss, predict, use_gradient_path
 
 GRAD_CLIP_NORM = 1.0
 ADAM_BETAS = (0.9, 0.999)
@@ -49,8 +49,9 @@ def _to_device(images, labels, ctx, dtype):
 
 def train_one_epoch(model, model_without_ddp, loader, optimizer, ctx, progress, epoch,
                     adversary=None, guard=None):
-    """One pass over ``loader``. ``adversary``: ``(attack, eps, bounds)`` (model units, see
-    attack.py) for adversarial training -- examples are crafted on the unwrapped module in train
+    """One pass over ``loader``. ``adversary``: ``(attack, eps, bounds, gradient path)`` (model
+    units, see attack.py; the path as layers.parse_gradient_path gives it, None = published) for
+    adversarial training -- examples are crafted on the unwrapped module in train
     mode (BatchNorm batch statistics), so input gradients trigger no DDP reduction. ``guard``:
     a guards.TrainingGuard that sees every step's loss and gradient norm (stops on NaN/Inf)."""
     settings = model_without_ddp.settings
@@ -67,8 +68,9 @@ def train_one_epoch(model, model_without_ddp, loader, optimizer, ctx, progress, 
         images, labels = _to_device(images, labels, ctx, dtype)
         x = time_expand(images, settings.n_steps)
         if adversary is not None:
-            attack, eps, bounds = adversary
-            x = attack(model_without_ddp, x, labels, eps, bounds)
+            attack, eps, bounds, gradient = adversary
+            with use_gradient_path(model_without_ddp, gradient):
+                x = attack(model_without_ddp, x, labels, eps, bounds)
         out, loss, grad_norm = train_step(model, x, labels, optimizer, model_without_ddp)
         if guard is not None:
             guard.after_step(step, loss, grad_norm)

@@ -29,7 +29,7 @@ from distributed import (ShardSampler, all_gather_object, broadcast_buffers, cle
                          init_distributed)
 from engine import adversarial_test, build_optimizer, evaluate, record_nds, train_one_epoch
 from guards import TrainingDiverged, TrainingGuard
-from layers import Network
+from layers import Network, gradient_path_name, parse_gradient_path
 from outputs import RunOutputs
 from rundir import checkpoint_bytes, open_run_directory
 
@@ -225,8 +225,10 @@ def train(model, model_without_ddp, train_loader, test_loader, cfg, ctx, outputs
     if default['advtrain']:
         attack = training_attack(cfg['ATTACK']['ft_method'])
         eps = Normalization.of(network).to_model_units(train_epsilon(cfg))
-        adversary = (attack, eps, attack_bounds(cfg))
-        outputs.log(f"adversarial training: {attack.name} eps={cfg['ATTACK']['train'][0]}")
+        gradient = parse_gradient_path(cfg['ATTACK']['ft_gradient'])
+        adversary = (attack, eps, attack_bounds(cfg), gradient)
+        outputs.log(f"adversarial training: {attack.name} eps={cfg['ATTACK']['train'][0]}, "
+                    f"crafted with the {gradient_path_name(gradient)} gradient")
     start_epoch, best = 0, {'epoch': None, 'test_acc': -1.0}
     best_state = None
     if resume_state is not None:
