@@ -11,8 +11,17 @@ DEMO_OUT := runs/demo
 
 venv: $(INSTALLED)
 
+# The install is large: on x86_64 Linux pip takes torch's CUDA build (torch + the nvidia-* wheels:
+# .venv is about 5.7 GB). For a CPU-only machine, `make demo TORCH_INDEX=https://download.pytorch.org/whl/cpu`
+# installs torch and torchvision from PyTorch's CPU wheel index first (no nvidia-* or triton
+# wheels: about 1.5 GB in all; the Triton tests are then skipped).
+TORCH_INDEX ?=
+
 $(INSTALLED): requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@echo "installing requirements.txt into $(VENV) (about 5.7 GB with torch's CUDA build on x86_64;" \
+	  "TORCH_INDEX=https://download.pytorch.org/whl/cpu for a CPU-only torch, about 1.5 GB)"
+	$(if $(TORCH_INDEX),$(PY) -m pip install --quiet --index-url $(TORCH_INDEX) torch torchvision)
 	$(PY) -m pip install --quiet -r requirements.txt
 	touch $(INSTALLED)
 

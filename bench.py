@@ -60,6 +60,7 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 from attack import input_gradient  # noqa: E402
+from checkpoint import atomic_write_text  # noqa: E402
 from config import input_shape, load_config  # noqa: E402
 from engine import build_optimizer, train_step  # noqa: E402
 from layers import Network  # noqa: E402
@@ -328,7 +329,9 @@ def main(argv=None):
     parser.add_argument('--threads', type=int, default=None, help='torch.set_num_threads')
     parser.add_argument('--steps', default='train,attack', help='train, attack or both')
     parser.add_argument('--no-memory', action='store_true', help='skip the peak-memory step')
-    parser.add_argument('--json', default=None, help='also write the results here')
+    parser.add_argument('--json', default=None,
+                        help='also write the results as JSON to this file (nothing is written '
+                             'without it)')
     args = parser.parse_args(argv)
 
     if args.threads:
@@ -359,10 +362,10 @@ def main(argv=None):
             del case
     print()
     print(markdown(rows, device, args.dtype, torch.get_num_threads()))
-    if args.json:
-        with open(args.json, 'w') as f:
-            json.dump({'device': str(device), 'dtype': args.dtype, 'torch': torch.__version__,
-                       'threads': torch.get_num_threads(), 'rows': rows}, f, indent=1)
+    if args.json:  # the only file bench.py writes
+        atomic_write_text(args.json, json.dumps(
+            {'device': str(device), 'dtype': args.dtype, 'torch': torch.__version__,
+             'threads': torch.get_num_threads(), 'rows': rows}, indent=1) + '\n')
     return rows
 
 

@@ -7,6 +7,11 @@ import torch
 import torch.distributed as dist
 
 
+class LaunchError(RuntimeError):
+    """A launch that cannot work (no CUDA for --device cuda, SLURM without MASTER_ADDR): a user
+    error, one line and exit status 2 (runner.run_cli)."""
+
+
 @dataclass(frozen=True)
 class DistContext:
     rank: int = 0
@@ -31,7 +36,8 @@ def _launcher_env():
         return int(env['RANK']), int(env['WORLD_SIZE']), int(env.get('LOCAL_RANK', 0))
     if 'SLURM_PROCID' in env and int(env.get('SLURM_NTASKS', 1)) > 1:
         if 'MASTER_ADDR' not in env:
-            raise RuntimeError("SLURM launch: set MASTER_ADDR (and MASTER_PORT) to the first node")
+            raise LaunchError("SLURM launch with SLURM_NTASKS > 1 but MASTER_ADDR is not set: "
+                              "export MASTER_ADDR (and MASTER_PORT) as the first node's address")
         env.setdefault('MASTER_PORT', '29500')
         return int(env['SLURM_PROCID']), int(env['SLURM_NTASKS']), int(env.get('SLURM_LOCALID', 0))
     return None
@@ -43,7 +49,8 @@ def init_distributed(device_name=None):
     ``device_name``: 'cpu', 'cuda' or None (CUDA when available)."""
     use_cuda = torch.cuda.is_available() if device_name is None else device_name == 'cuda'
     if use_cuda and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda was asked for but CUDA is not available")
+        raise LaunchError("--device cuda: CUDA is not available on this machine (torch "
+                          f"{torch.__version__}); use --device cpu")
     launch = _launcher_env()
     if launch is None:
         return DistContext(device=torch.device('cuda' if use_cuda else 'cpu'))

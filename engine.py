@@ -8,6 +8,7 @@ import time
 import torch
 
 from attack import ATTACKS, attacks_for
+from diagnostics import SpikeMonitor, diagnose
 from distributed import all_reduce_sum
 from layers import compute_loss, predict, use_gradient_path
 
@@ -124,16 +125,28 @@ def evaluate(model, loader, ctx, progress, attack=None, eps=0.0, bounds=None, de
 def adversarial_test(model, loader, normalization, bounds, strengths, ctx, progress, log):
     """The published adversarial test: clean accuracy, then the attacks of usage 'test' (FGSM,
     R-FGSM, PGD and BIM) at every strength (pixel units; ``normalization`` converts them).
-    Returns rows ``{'attack', 'eps', 'accuracy', 'n_samples'}`` (eps in pixel units)."""
-    accuracy, n = evaluate(model, loader, ctx, progress, desc='clean')
-    rows = [{'attack': 'clean', 'eps': 0.0, 'accuracy': accuracy, 'n_samples': n}]
+    Returns rows ``{'attack', 'eps', 'accuracy', 'n_samples', 'output_rate'}`` (eps in pixel
+    units; ``output_rate``: the output layer's mean spikes per neuron per step on the evaluated
+    inputs, None for a softmax read-out); the clean row also has every layer's ``firing_rate``
+    and the ``predictions`` per class. A silent output layer or constant predictions are warned
+    about (diagnostics.diagnose)."""
+    with SpikeMonitor(model) as monitor:
+        accuracy, n = evaluate(model, loader, ctx, progress, desc='clean')
+    spikes = monitor.stats(ctx)
+    rows = [{'attack': 'clean', 'eps': 0.0, 'accuracy': accuracy, 'n_samples': n,
+             'output_rate': spikes['output_rate'], 'firing_rate': spikes['firing_rate'],
+             'predictions': spikes['predictions']}]
     log(f"clean: {100 * accuracy:.2f}% ({n} samples)")
+    for warning in diagnose(spikes, 'adversarial test, clean'):
+        log(f"warning: {warning}")
     for eps in strengths:
         for name in attacks_for('test'):
-            accuracy, n = evaluate(model, loader, ctx, progress, attack=name,
-                                   eps=normalization.to_model_units(eps), bounds=bounds,
-                                   desc=f"{name} eps={eps:.4f}")
-            rows.append({'attack': name, 'eps': eps, 'accuracy': accuracy, 'n_samples': n})
+            with SpikeMonitor(model) as monitor:
+                accuracy, n = evaluate(model, loader, ctx, progress, attack=name,
+                                       eps=normalization.to_model_units(eps), bounds=bounds,
+                                       desc=f"{name} eps={eps:.4f}")
+            rows.append({'attack': name, 'eps': eps, 'accuracy': accuracy, 'n_samples': n,
+                         'output_rate': monitor.stats(ctx)['output_rate']})
             log(f"{name} eps={eps:.4f}: {100 * accuracy:.2f}% ({n} samples)")
     return rows
 

@@ -10,8 +10,10 @@ The work is done by runner.run_experiment; this file is its command line.
 import argparse
 import copy
 import os
+import re
 import sys
 
+from config import ConfigError
 from runner import add_config_arguments, config_from_args, default_run_name, run_cli, run_experiment
 
 
@@ -19,22 +21,42 @@ def get_args_parser():
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_arguments(parser)
-    parser.add_argument('--out', help='directory of this run (default: checkpoints/<run name>)')
+    parser.add_argument('--out', help='directory of this run (default: checkpoints/<run name>; '
+                        'an evaluation of DEFAULT.ckpt is named after the checkpoint)')
     parser.add_argument('--resume', action='store_true', help='continue from <out>/last.pth')
+    parser.add_argument('--allow-config-change', action='store_true',
+                        help='with --resume: accept a config that differs from the saved one '
+                        '(the change applies from the next epoch and is recorded in results.json)')
     parser.add_argument('--seed', type=int, help='overrides DEFAULT.seed')
     parser.add_argument('--device', choices=('cpu', 'cuda'), help='default: cuda when available')
     parser.add_argument('--workers', type=int, help='DataLoader workers per process '
                         '(default: 0 on CPU, 4 on CUDA)')
-    parser.add_argument('--nds-out', help='where save_target writes the NDS '
-                        '(default: spikedata/<dataset>/<run name>.pt)')
+    parser.add_argument('--nds-out', help='where Network.save_target writes the NDS '
+                        '(default: <out>/nds.pt)')
     return parser
+
+
+def default_out(cfg):
+    """``checkpoints/<dataset>-<model>-<mode>``; a run that starts from a checkpoint adds its
+    name (``...-eval-<its folder>-<its file>``), so that evaluating two checkpoints never writes
+    into one folder."""
+    name = default_run_name(cfg)
+    ckpt = cfg['DEFAULT']['ckpt']
+    if ckpt is not None:
+        folder = os.path.basename(os.path.dirname(os.path.abspath(ckpt)))
+        stem = os.path.splitext(os.path.basename(ckpt))[0]
+        name += '-' + re.sub(r'[^A-Za-z0-9._-]+', '_', f"{folder}-{stem}" if folder else stem)
+    return os.path.join('checkpoints', name)
 
 
 def execute_run(args, prepared, ctx):
     cfg, warnings, _ = prepared
-    out_dir = args.out or os.path.join('checkpoints', default_run_name(cfg))
+    if args.allow_config_change and not args.resume:
+        raise ConfigError("--allow-config-change is for --resume (a new run takes its config as is)")
+    out_dir = args.out or default_out(cfg)
     run_experiment(copy.deepcopy(cfg), out_dir, ctx, resume=args.resume, workers=args.workers,
-                   nds_out=args.nds_out, warnings=warnings)
+                   nds_out=args.nds_out, warnings=warnings,
+                   allow_config_change=args.allow_config_change)
 
 
 def main(argv=None):

@@ -11,6 +11,8 @@ from tqdm import tqdm
 
 from checkpoint import atomic_write, atomic_write_text, remove_stale_temporaries, save_checkpoint
 from config import dump_config
+from diagnostics import format_rate
+from layers.network import OUTPUT_LAYER
 
 
 class RunOutputs:
@@ -25,14 +27,23 @@ class RunOutputs:
             'config': config,
             'epochs': [],
         }
-        self.writer = None
+        self._writer = None
         if self.active:
             os.makedirs(out_dir, exist_ok=True)
             if resume:
                 remove_stale_temporaries(out_dir)  # a kill during a save leaves one behind
             atomic_write_text(os.path.join(out_dir, 'config.yaml'), dump_config(config))
+
+    @property
+    def writer(self):
+        """TensorBoard, created at the first scalar (a run that fails before has no tb/ folder) in
+        a subfolder of ``tb/`` per launch, so that runs and resumed runs never mix their events."""
+        if self._writer is None and self.active:
             from torch.utils.tensorboard import SummaryWriter  # deferred: slow import
-            self.writer = SummaryWriter(os.path.join(out_dir, 'tb'))
+            self._writer = SummaryWriter(launch_directory(os.path.join(self.out_dir, 'tb')))
+            self.results.setdefault('tensorboard', []).append(
+                os.path.relpath(self._writer.log_dir, self.out_dir))
+        return self._writer
 
     def log(self, message):
         if self.active:
@@ -53,11 +64,18 @@ class RunOutputs:
         for key, value in metrics.items():
             if key != 'epoch' and isinstance(value, (int, float)):
                 self.writer.add_scalar(key.replace('_', '/', 1), value, epoch)
+        # Per-layer firing rates of the clean test pass (layers without a neuron have none).
+        for layer, rate in (metrics.get('firing_rate') or {}).items():
+            if rate is not None:
+                self.writer.add_scalar(f"firing_rate/{layer}", rate, epoch)
         self.results['epochs'].append(metrics)
         self.write_results()
+        rate = metrics.get('firing_rate', {}).get(OUTPUT_LAYER)
         self.log(f"epoch {epoch}: train loss {metrics['train_loss']:.4f} acc "
                  f"{100 * metrics['train_acc']:.2f}% | test acc {100 * metrics['test_acc']:.2f}% "
-                 f"({metrics['test_samples']} samples) | {metrics['train_time_s']:.0f}s")
+                 f"({metrics['test_samples']} samples)"
+                 f"{'' if rate is None else f' | output rate {rate:.4f}'}"
+                 f" | {metrics['train_time_s']:.0f}s")
 
     def set_result(self, key, value):
         if self.active:
@@ -70,6 +88,9 @@ class RunOutputs:
             return
         for row in rows:
             self.writer.add_scalar(f"{key}/{row['attack']}_eps{row['eps']:.4f}", row['accuracy'])
+            if row.get('output_rate') is not None:
+                self.writer.add_scalar(f"{key}_output_rate/{row['attack']}_eps{row['eps']:.4f}",
+                                       row['output_rate'])
         self.set_result(key, rows)
         self.log(format_robustness_table(rows))
 
@@ -93,15 +114,26 @@ class RunOutputs:
             self.log(f"NDS of {len(nds)} layers saved to {path}")
 
     def close(self):
-        if self.writer is not None:
-            self.writer.close()
-            self.writer = None
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+
+def launch_directory(tb_root):
+    """``<tb_root>/<date>-<time>[-k]``: a new, unused folder for this launch's events."""
+    stamp = time.strftime('%Y%m%d-%H%M%S')
+    path, k = os.path.join(tb_root, stamp), 1
+    while os.path.exists(path):
+        k += 1
+        path = os.path.join(tb_root, f"{stamp}-{k}")
+    return path
 
 
 def format_robustness_table(rows):
-    """``attack | eps | accuracy | samples`` as aligned text."""
-    lines = [f"{'attack':<10} {'eps':>8} {'accuracy':>9} {'samples':>8}"]
+    """``attack | eps | accuracy | samples | output rate`` as aligned text (the output layer's
+    mean spikes per neuron per step; n/a for a softmax read-out, which does not spike)."""
+    lines = [f"{'attack':<10} {'eps':>8} {'accuracy':>9} {'samples':>8} {'output rate':>12}"]
     for row in rows:
         lines.append(f"{row['attack']:<10} {row['eps']:>8.4f} {100 * row['accuracy']:>8.2f}% "
-                     f"{row['n_samples']:>8d}")
+                     f"{row['n_samples']:>8d} {format_rate(row.get('output_rate')):>12}")
     return '\n'.join(lines)

@@ -14,6 +14,7 @@ Every stage is a normal run of runner.run_experiment, main.py's code (checkpoint
 TensorBoard in its directory). ``--resume`` skips finished stages and resumes an interrupted one.
 """
 import argparse
+import contextlib
 import copy
 import json
 import os
@@ -23,6 +24,7 @@ from fractions import Fraction
 
 from attack import Normalization, attack_bounds, attacks_for, training_attack
 from config import ConfigError, attack_strengths
+from diagnostics import SpikeMonitor, diagnose, format_rate
 from engine import accuracy_under_attack
 from outputs import RunOutputs
 from runner import (add_config_arguments, build_loaders, build_model, config_from_args, run_cli,
@@ -45,6 +47,9 @@ def get_args_parser():
     parser.add_argument('--ft-epochs', type=int, required=True,
                         help='adversarial fine-tuning epochs of each model')
     parser.add_argument('--resume', action='store_true', help='skip finished stages, resume the rest')
+    parser.add_argument('--allow-config-change', action='store_true',
+                        help='with --resume: accept --set values that differ from those an '
+                        'unfinished stage was started with (recorded in its results.json)')
     parser.add_argument('--seed', type=int)
     parser.add_argument('--device', choices=('cpu', 'cuda'))
     parser.add_argument('--workers', type=int)
@@ -53,8 +58,7 @@ def get_args_parser():
 
 def stage_configs(base, out_dir, args):
     """The four training stages as resolved configs (the base config with stage keys set)."""
-    dataset = base['Network']['dataset']
-    nds_path = os.path.join('spikedata', dataset.lower(), f"{os.path.basename(os.path.normpath(out_dir))}_lif.pt")
+    nds_path = os.path.join(out_dir, 'lif_clean', 'nds.pt')  # the LIF stage's own output
 
     def stage(model, epochs, advtrain, ckpt=None, ckpt_v=None, save_target=False):
         cfg = copy.deepcopy(base)
@@ -84,36 +88,53 @@ def load_model(cfg, stage_dir, ctx):
 
 
 def robustness_table(models, stage_cfgs, loader, strengths, ctx, outputs, ft):
-    """Rows ``{'attack', 'eps', 'n_samples', <model name>: accuracy, ...}`` for the four models."""
+    """Rows ``{'attack', 'eps', 'n_samples', <model name>: accuracy, ..., 'output_rate':
+    {<model name>: the output layer's mean spikes per neuron per step, None for a softmax
+    read-out}}`` for the four models, and the warnings of diagnostics.diagnose on the clean row
+    (a silent output layer, constant predictions)."""
     table = {}  # (attack, eps) -> row, in the order rows are first measured
+    monitors = {name: SpikeMonitor(model) for name, model in models.items()}
+    warnings = []
 
-    def record(attack, eps, name, accuracy, n):
-        row = table.setdefault((attack, eps), {'attack': attack, 'eps': eps, 'n_samples': n})
+    def record(attack, eps, name, accuracy, n, spikes):
+        row = table.setdefault((attack, eps), {'attack': attack, 'eps': eps, 'n_samples': n,
+                                               'output_rate': {}})
         row[name] = accuracy
+        row['output_rate'][name] = spikes['output_rate']
 
     def measure(source, attack, eps, targets):
         cfg = stage_cfgs[source]
-        return accuracy_under_attack(
-            models[source], [models[t] for t in targets], loader, ctx, outputs.progress,
-            attack, Normalization.of(cfg['Network']).to_model_units(eps), attack_bounds(cfg),
-            desc=f"{source} {attack or 'clean'} eps={eps:.4f}")
+        for target in targets:
+            monitors[target].reset()
+        with contextlib.ExitStack() as stack:
+            for target in targets:  # counts the evaluated forwards only, not the attack's
+                stack.enter_context(monitors[target])
+            accuracies, n = accuracy_under_attack(
+                models[source], [models[t] for t in targets], loader, ctx, outputs.progress,
+                attack, Normalization.of(cfg['Network']).to_model_units(eps), attack_bounds(cfg),
+                desc=f"{source} {attack or 'clean'} eps={eps:.4f}")
+        return accuracies, n, [monitors[t].stats(ctx) for t in targets]
 
     for name in MODELS:
-        (accuracy,), n = measure(name, None, 0.0, [name])
-        record('clean', 0.0, name, accuracy, n)
+        (accuracy,), n, (spikes,) = measure(name, None, 0.0, [name])
+        record('clean', 0.0, name, accuracy, n, spikes)
+        for warning in diagnose(spikes, f"{name} ({TITLES[name].format(ft=ft)}), clean test"):
+            warnings.append(warning)
+            outputs.log(f"warning: {warning}")
     for eps in strengths:
         for attack in attacks_for('test') + attacks_for('baseline'):
             for name in MODELS:
                 if attack == 'pgd':
                     # One PGD pass gives the white-box row and the partner's transfer row.
-                    (white_box, transfer), n = measure(name, 'pgd', eps, [name, PARTNER[name]])
-                    record('pgd', eps, name, white_box, n)
-                    record('pgd-transfer', eps, PARTNER[name], transfer, n)
+                    (white_box, transfer), n, (own, partner) = measure(
+                        name, 'pgd', eps, [name, PARTNER[name]])
+                    record('pgd', eps, name, white_box, n, own)
+                    record('pgd-transfer', eps, PARTNER[name], transfer, n, partner)
                 else:
-                    (accuracy,), n = measure(name, attack, eps, [name])
-                    record(attack, eps, name, accuracy, n)
+                    (accuracy,), n, (spikes,) = measure(name, attack, eps, [name])
+                    record(attack, eps, name, accuracy, n, spikes)
         outputs.log(format_markdown_table([r for r in table.values() if r['eps'] == eps], ft))
-    return list(table.values())
+    return list(table.values()), warnings
 
 
 def format_markdown_table(rows, ft):
@@ -124,6 +145,10 @@ def format_markdown_table(rows, ft):
         eps = str(Fraction(row['eps']).limit_denominator(1000))
         cells = [f"{100 * row[name]:.2f}" if name in row else '' for name in MODELS]
         lines.append(f"| {row['attack']} | {eps} | " + ' | '.join(cells) + f" | {row['n_samples']} |")
+    clean = next((row for row in rows if row['attack'] == 'clean' and 'output_rate' in row), None)
+    if clean is not None:  # mean spikes per output neuron per step; n/a: a softmax read-out
+        lines.append('| output-layer firing rate (clean) | | ' + ' | '.join(
+            format_rate(clean['output_rate'].get(name)) for name in MODELS) + ' | |')
     return '\n'.join(lines)
 
 
@@ -149,7 +174,8 @@ def run_protocol(args, base, warnings, ctx):
                             f"{' (resumed)' if resume else ''}")
         start = time.perf_counter()
         run_experiment(cfg, stage_dir, ctx, resume=resume, workers=args.workers,
-                       nds_out=nds_path if cfg['Network']['save_target'] else None)
+                       nds_out=nds_path if cfg['Network']['save_target'] else None,
+                       allow_config_change=args.allow_config_change)
         summary_outputs.results['stages'][name] = {'wall_time_s': time.perf_counter() - start}
         summary_outputs.write_results()
 
@@ -159,15 +185,17 @@ def run_protocol(args, base, warnings, ctx):
     models = {name: load_model(stages[name], os.path.join(out_dir, name), ctx) for name in MODELS}
     _, test_loader, _ = build_loaders(base, ctx, args.workers)
     ft = training_attack(base['ATTACK']['ft_method']).title
-    rows = robustness_table(models, stages, test_loader, attack_strengths(base), ctx,
-                            summary_outputs, ft)
+    rows, warnings = robustness_table(models, stages, test_loader, attack_strengths(base), ctx,
+                                      summary_outputs, ft)
     table = format_markdown_table(rows, ft)
     summary_outputs.results['stages']['adversarial_test'] = {'wall_time_s': time.perf_counter() - start}
     summary_outputs.results.update(robustness=rows, table_markdown=table, nds_file=nds_path,
-                                   finished=True)
+                                   warnings=warnings, finished=True)
     summary_outputs.write_results()
-    summary_outputs.write_text('table.md', table + '\n')
-    summary_outputs.log(f"\nLIF vs HoSNN, accuracy (%) on {rows[0]['n_samples']} test samples:\n{table}")
+    notes = ''.join(f"\nwarning: {warning}" for warning in warnings)
+    summary_outputs.write_text('table.md', table + '\n' + (notes[1:] + '\n' if notes else ''))
+    summary_outputs.log(f"\nLIF vs HoSNN, accuracy (%) on {rows[0]['n_samples']} test samples:\n{table}"
+                        f"{notes}")
     summary_outputs.close()
 
 

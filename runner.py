@@ -11,6 +11,7 @@ turns user errors into one line and exit status 2.
     run_experiment(cfg, out_dir, ctx, ...)     one run: (train) -> (record the NDS) -> (adversarial test)
 """
 import inspect
+import math
 import os
 import random
 import sys
@@ -25,15 +26,16 @@ from checkpoint import (CheckpointError, check_resumable, load_checkpoint, load_
 from config import (ConfigError, attack_strengths, config_path_for_dataset, input_shape, load_config,
                     train_epsilon)
 from datasets import DATASETS, DatasetNotFound, build_datasets
-from distributed import (ShardSampler, all_gather_object, broadcast_buffers, cleanup_distributed,
-                         init_distributed)
+from diagnostics import SpikeMonitor, diagnose
+from distributed import (LaunchError, ShardSampler, all_gather_object, broadcast_buffers,
+                         cleanup_distributed, init_distributed)
 from engine import adversarial_test, build_optimizer, evaluate, record_nds, train_one_epoch
 from guards import TrainingDiverged, TrainingGuard
 from layers import Network, gradient_path_name, parse_gradient_path
 from outputs import RunOutputs
 from rundir import checkpoint_bytes, open_run_directory
 
-USER_ERRORS = (ConfigError, CheckpointError, DatasetNotFound, TrainingDiverged)
+USER_ERRORS = (ConfigError, CheckpointError, DatasetNotFound, TrainingDiverged, LaunchError)
 EXIT_USER_ERROR = 2
 SAVE_EVERY_EPOCHS = 100
 # The buffers (NDS, BN running statistics) are not re-sent from rank 0 before every forward:
@@ -69,11 +71,19 @@ def config_from_args(args):
     return cfg, warnings, path
 
 
+def check_common_flags(args):
+    """Flags every entry point shares that argparse cannot bound."""
+    workers = getattr(args, 'workers', None)
+    if workers is not None and workers < 0:
+        raise ConfigError(f"--workers must be >= 0 (DataLoader worker processes), got {workers}")
+
+
 def run_cli(args, prepare, execute):
     """``prepare(args)`` checks the config (before any process group or data); then
     ``execute(args, prepared, ctx)`` runs. A user error (config, checkpoint, data) is one line on
     stderr and exit status 2, whatever stage it comes from."""
     try:
+        check_common_flags(args)
         prepared = prepare(args)
         ctx = init_distributed(args.device)
     except USER_ERRORS as exc:
@@ -104,8 +114,87 @@ def build_model(cfg, ckpt=None, device=None):
     dtype = getattr(torch, cfg['DEFAULT']['dtype'])
     model = Network(cfg['Network'], cfg['Layers'], input_shape(cfg)).to(dtype)
     if ckpt is not None:
-        load_weights(model, load_checkpoint(ckpt), ckpt)
+        load_model_weights(model, load_checkpoint(ckpt), ckpt, cfg)
     return model if device is None else model.to(device)
+
+
+def load_model_weights(model, checkpoint, path, cfg):
+    """load_weights, after checking that the checkpoint's neuron model is the config's: a LIF
+    checkpoint in an ALIF config (or the reverse) is a one-line error saying which to set.
+    The checkpoint's NDS (TA-LIF ``target_train``) replaces the one ``Network.ckpt_v`` loaded."""
+    saved_adaptive = any(key.endswith('theta_v') for key in checkpoint['net'])
+    model_name = cfg['Network']['model']
+    if saved_adaptive != model.settings.adaptive:
+        saved = 'a TA-LIF (ALIF) network: it has theta_v and an NDS' if saved_adaptive \
+            else 'a LIF network: it has no theta_v and no NDS'
+        raise CheckpointError(f"checkpoint '{path}' holds {saved}, but Network.model is "
+                              f"{model_name}: set Network.model={'ALIF' if saved_adaptive else 'LIF'}")
+    load_weights(model, checkpoint, path)
+
+
+def nds_buffers(model):
+    """``{layer name: NDS tensor}`` of the TA-LIF layers (empty for LIF networks)."""
+    return {layer.name: layer.target_train.detach().clone() for layer in model.layers
+            if getattr(layer, 'target_train', None) is not None}
+
+
+def nds_source_note(cfg, before, model, ckpt_path):
+    """Which NDS a TA-LIF model loaded from a checkpoint uses (the checkpoint's, always: it is
+    the one its weights were trained with), as a line to log: a warning when ``Network.ckpt_v``
+    is also given and holds another NDS. ``before``: nds_buffers() before the weights."""
+    if not before:
+        return None
+    ckpt_v = cfg['Network']['ckpt_v']
+    after = nds_buffers(model)
+    if ckpt_v is None:
+        return f"the TA-LIF layers use the NDS stored in '{ckpt_path}'"
+    if any(not torch.equal(before[name], after[name]) for name in before):
+        return (f"warning: Network.ckpt_v ({ckpt_v}) differs from the NDS stored in "
+                f"'{ckpt_path}': the checkpoint's NDS is used (the one its weights were trained "
+                f"with); set Network.ckpt_v=null to silence this")
+    return f"the TA-LIF layers use the NDS of '{ckpt_path}' (the same as Network.ckpt_v)"
+
+
+RANDOM_NDS_WARNING = 'Network.ckpt_v is null'  # config.resolve's warning about the random NDS
+
+
+def flatten_config(cfg, prefix=''):
+    """``{'Section.key[.sub]': value}`` of a nested config."""
+    flat = {}
+    for key, value in cfg.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(flatten_config(value, name + '.'))
+        else:
+            flat[name] = value
+    return flat
+
+
+# A resumed run takes its weights from last.pth: the checkpoint it started from does not matter.
+RESUME_IGNORED_KEYS = ('DEFAULT.ckpt',)
+# What --resume is for besides crashes: training longer. The loop simply runs to the new count
+# (recorded like any change); every other change needs --allow-config-change. (A softmax
+# network's default T_max is its epochs: that change is then named as T_max.)
+RESUME_FREE_KEYS = ('Network.epochs',)
+
+
+def config_changes(saved, current):
+    """``{key: (saved value, current value)}`` for every key that differs."""
+    old, new = flatten_config(saved), flatten_config(current)
+    return {key: (old.get(key), new.get(key)) for key in sorted(set(old) | set(new))
+            if key not in RESUME_IGNORED_KEYS and old.get(key) != new.get(key)}
+
+
+def apply_resumed_hyperparameters(optimizer, scheduler, network):
+    """After the optimiser and scheduler states of a resumed run are loaded, make them follow the
+    config's ``lr`` and ``T_max`` (a config change accepted with --allow-config-change): the
+    cosine schedule continues at the current epoch as if it had started with them."""
+    scheduler.T_max = network['T_max']
+    scheduler.base_lrs = [network['lr'] for _ in optimizer.param_groups]
+    for group in optimizer.param_groups:
+        group['initial_lr'] = network['lr']
+        group['lr'] = scheduler.eta_min + (network['lr'] - scheduler.eta_min) * (
+            1 + math.cos(math.pi * scheduler.last_epoch / scheduler.T_max)) / 2
 
 
 def build_loaders(cfg, ctx, workers):
@@ -137,10 +226,14 @@ def default_run_name(cfg):
     return f"{network['dataset']}-{network['model']}-{mode}"
 
 
-def run_experiment(cfg, out_dir, ctx, resume=False, workers=None, nds_out=None, warnings=()):
+def run_experiment(cfg, out_dir, ctx, resume=False, workers=None, nds_out=None, warnings=(),
+                   allow_config_change=False):
     """One run of a resolved config: (train) -> (record the NDS) -> (adversarial test).
-    Model and checkpoints are checked before any data set is touched. Returns the results dict
-    (on rank 0; the other ranks' copy has no robustness table)."""
+    Model and checkpoints are checked before any data set is touched. ``nds_out``: where
+    ``save_target`` writes the NDS (default ``<out_dir>/nds.pt``). ``resume`` with a config that
+    differs from the one saved in last.pth is refused (naming the keys) unless
+    ``allow_config_change``; the change is then applied and recorded in results.json.
+    Returns the results dict (on rank 0; the other ranks' copy has no robustness table)."""
     default = cfg['DEFAULT']
     training = default['cleantrain'] or default['advtrain']
     seed_everything(default['seed'])  # the same initial weights on every rank
@@ -152,24 +245,42 @@ def run_experiment(cfg, out_dir, ctx, resume=False, workers=None, nds_out=None, 
                                  checkpoint_bytes(model_without_ddp) if training else 0)
     try:
         return _run_in_directory(cfg, out_dir, ctx, model_without_ddp, resume, workers, nds_out,
-                                 warnings)
+                                 warnings, allow_config_change)
     finally:
         run_dir.release()
 
 
-def _run_in_directory(cfg, out_dir, ctx, model_without_ddp, resume, workers, nds_out, warnings):
+def _run_in_directory(cfg, out_dir, ctx, model_without_ddp, resume, workers, nds_out, warnings,
+                      allow_config_change):
     """run_experiment, once ``out_dir`` is locked."""
     default, network = cfg['DEFAULT'], cfg['Network']
     training = default['cleantrain'] or default['advtrain']
     last_path = os.path.join(out_dir, 'last.pth')
-    resume_state = None
+    resume_state, changes, notes = None, {}, []
+    nds_before = nds_buffers(model_without_ddp)
+    weights_from = last_path if resume else default['ckpt']
     if resume:
         if not os.path.isfile(last_path):
             raise CheckpointError(f"--resume: '{last_path}' does not exist (nothing to resume)")
         resume_state = check_resumable(load_checkpoint(last_path), last_path)
-        load_weights(model_without_ddp, resume_state, last_path)
+        if isinstance(resume_state.get('config'), dict):
+            changes = config_changes(resume_state['config'], cfg)
+        refused = {k: v for k, v in changes.items() if k not in RESUME_FREE_KEYS}
+        if refused and not allow_config_change:
+            shown = '; '.join(f"{key}: {old!r} -> {new!r}" for key, (old, new) in refused.items())
+            raise ConfigError(f"--resume: the config differs from the one {last_path} was trained "
+                              f"with ({shown[:400]}); pass --allow-config-change to apply the "
+                              f"change from the next epoch, or resume without it")
+        load_model_weights(model_without_ddp, resume_state, last_path, cfg)
     elif default['ckpt'] is not None:
-        load_weights(model_without_ddp, load_checkpoint(default['ckpt']), default['ckpt'])
+        load_model_weights(model_without_ddp, load_checkpoint(default['ckpt']), default['ckpt'],
+                           cfg)
+    if weights_from is not None:
+        note = nds_source_note(cfg, nds_before, model_without_ddp, weights_from)
+        if note is not None:
+            notes.append(note)
+            # The NDS is the checkpoint's: config.resolve's random-NDS warning does not apply.
+            warnings = [w for w in warnings if RANDOM_NDS_WARNING not in w]
     if training and not resume and os.path.isfile(last_path):
         raise ConfigError(f"--out {out_dir} already holds a run (last.pth): pass --resume to "
                           f"continue it, or choose another --out")
@@ -184,12 +295,22 @@ def _run_in_directory(cfg, out_dir, ctx, model_without_ddp, resume, workers, nds
             model_without_ddp, device_ids=[ctx.local_rank] if ctx.device.type == 'cuda' else None,
             **NO_BUFFER_SYNC_PER_STEP)
 
+    # The data first: a run without its data set fails before it writes anything in --out.
+    train_loader, test_loader, nds_loader = build_loaders(cfg, ctx, workers)
     outputs = RunOutputs(out_dir, ctx, cfg,
                          results=resume_state.get('results') if resume_state else None,
                          resume=resume)
     for warning in warnings:
         outputs.log(f"warning: {warning}")
-    train_loader, test_loader, nds_loader = build_loaders(cfg, ctx, workers)
+    for note in notes:
+        outputs.log(note)
+    if changes:
+        outputs.log(f"warning: resuming with a changed config: "
+                    f"{', '.join(f'{k}={new!r} (was {old!r})' for k, (old, new) in changes.items())}")
+        outputs.results['config'] = cfg
+        outputs.results.setdefault('config_changes', []).append(
+            {'resumed_after_epoch': resume_state['epoch'],
+             'changes': {key: {'from': old, 'to': new} for key, (old, new) in changes.items()}})
     outputs.log(f"{network['dataset']}: {len(train_loader.dataset)} train / "
                 f"{len(test_loader.dataset)} test samples, {ctx.world_size} process(es) on "
                 f"{ctx.device}, {network['model']} network -> {out_dir}")
@@ -199,8 +320,7 @@ def _run_in_directory(cfg, out_dir, ctx, model_without_ddp, resume, workers, nds
     if training:
         train(model, model_without_ddp, train_loader, test_loader, cfg, ctx, outputs, resume_state)
     if network['save_target']:
-        nds_path = nds_out or os.path.join('spikedata', network['dataset'].lower(),
-                                           f"{os.path.basename(os.path.normpath(out_dir))}.pt")
+        nds_path = nds_out or os.path.join(out_dir, 'nds.pt')  # the run's own output
         nds = record_nds(model_without_ddp, nds_loader, ctx, outputs.progress)
         outputs.save_nds(nds_path, nds)
         outputs.set_result('nds_file', nds_path)
@@ -234,6 +354,11 @@ def train(model, model_without_ddp, train_loader, test_loader, cfg, ctx, outputs
     if resume_state is not None:
         optimizer.load_state_dict(resume_state['optimizer'])
         scheduler.load_state_dict(resume_state['scheduler'])
+        # The saved states carry the saved lr and T_max; after a change accepted with
+        # --allow-config-change the config's win (untouched otherwise: bit-exact resume).
+        saved = (resume_state.get('config') or {}).get('Network') or {}
+        if saved and (saved.get('lr'), saved.get('T_max')) != (network['lr'], network['T_max']):
+            apply_resumed_hyperparameters(optimizer, scheduler, network)
         start_epoch = resume_state['epoch'] + 1
         best = dict(resume_state['best'])
         best_path = os.path.join(outputs.out_dir, 'best.pth')
@@ -265,9 +390,14 @@ def train(model, model_without_ddp, train_loader, test_loader, cfg, ctx, outputs
             outputs.log(f"warning: {warning}")
         scheduler.step()
         broadcast_buffers(ctx, model_without_ddp)
-        test_acc, n = evaluate(model_without_ddp, test_loader, ctx, outputs.progress)
+        with SpikeMonitor(model_without_ddp) as monitor:  # firing rates of the clean test pass
+            test_acc, n = evaluate(model_without_ddp, test_loader, ctx, outputs.progress)
+        spikes = monitor.stats(ctx)
+        for warning in diagnose(spikes, f"epoch {epoch}, clean test"):
+            outputs.log(f"warning: {warning}")
         metrics = {'epoch': epoch, **metrics, 'test_acc': test_acc, 'test_samples': n,
-                   'lr': optimizer.param_groups[0]['lr']}
+                   'lr': optimizer.param_groups[0]['lr'], 'firing_rate': spikes['firing_rate'],
+                   'predictions': spikes['predictions']}
         is_best = test_acc > best['test_acc']
         if is_best:
             best = {'epoch': epoch, 'test_acc': test_acc}

@@ -58,6 +58,7 @@ def build_datasets(name, data_path, train_samples=None, test_samples=None, downl
     directory, searched = _locate(spec, data_path)
     download_error = None
     if directory is None and download:
+        existing = _existing_directories(data_path)
         try:
             with _socket_timeout(DOWNLOAD_TIMEOUT_S):
                 spec.download(data_path)
@@ -67,12 +68,44 @@ def build_datasets(name, data_path, train_samples=None, test_samples=None, downl
             download_error = error
         else:
             directory, searched = _locate(spec, data_path)
+        if directory is None:  # a failed download leaves no empty folders behind
+            _remove_new_empty_directories(data_path, existing)
     if directory is None:
         raise DatasetNotFound(_not_found_message(spec, data_path, searched, download, download_error)) \
             from download_error
 
     train_set, test_set = spec.reader(spec, directory)
     return _keep_first(train_set, train_samples), _keep_first(test_set, test_samples)
+
+
+def _existing_directories(data_path):
+    """The directories at and under ``data_path`` and its ancestors that exist now."""
+    path = os.path.abspath(data_path)
+    existing = set()
+    for root, dirs, _ in os.walk(path):
+        existing.add(root)
+    while path != os.path.dirname(path):
+        if os.path.isdir(path):
+            existing.add(path)
+        path = os.path.dirname(path)
+    return existing
+
+
+def _remove_new_empty_directories(data_path, existing):
+    """Remove the empty directories a failed download created (innermost first), up to the
+    outermost one it created."""
+    path = os.path.abspath(data_path)
+    top = path
+    while os.path.dirname(top) not in existing and os.path.dirname(top) != top:
+        top = os.path.dirname(top)
+    if not os.path.isdir(top):
+        return
+    for root, _, _ in sorted(os.walk(top), key=lambda entry: -len(entry[0])):
+        if root not in existing:
+            try:
+                os.rmdir(root)
+            except OSError:
+                pass  # not empty: something was downloaded after all; leave it
 
 
 def _require_scipy():

@@ -17,14 +17,15 @@ N_TEST = 21
 def test_protocol_end_to_end(tmp_path, monkeypatch, capsys):
     data = str(tmp_path / 'data')
     write_mnist_like(data, 64, N_TEST)
-    monkeypatch.chdir(tmp_path)  # the NDS goes to ./spikedata/mnist/
+    monkeypatch.chdir(tmp_path)  # (nothing may land in the working directory: see below)
     out = str(tmp_path / 'run')
     args = ['-d', '0', '--out', out, '--lif-epochs', '1', '--hosnn-epochs', '1', '--ft-epochs', '1',
             '--set', f'Network.data_path={data}', '--set', 'Network.batch_size=16',
             '--set', 'ATTACK.strength=[1/10]']
     assert protocol.main(args) == 0
 
-    nds = torch.load(tmp_path / 'spikedata' / 'mnist' / 'run_lif.pt', weights_only=True)
+    nds = torch.load(os.path.join(out, 'lif_clean', 'nds.pt'), weights_only=True)  # under --out
+    assert sorted(os.listdir(tmp_path)) == ['data', 'run']
     hosnn = load_checkpoint(os.path.join(out, 'hosnn_clean', 'best.pth'))
     torch.testing.assert_close(hosnn['net']['module.layers.2.target_train'], nds['conv_2'])
     assert hosnn['config']['Network']['model'] == 'ALIF'
