@@ -32,7 +32,6 @@ from typing import Callable, NamedTuple
 import torch
 
 from . import neuron
-from .spiking import SpikingLayer
 
 PUBLISHED = 'published'
 PATH_PREFIX = 'bptt'
@@ -324,7 +323,9 @@ def use_gradient_path(model, path):
     if path is None:
         yield model
         return
-    layers = [m for m in model.modules() if isinstance(m, SpikingLayer)]
+    # Every spiking layer has the hook (layers.spiking.SpikingLayer); duck-typed so that the
+    # neuron registry can list this path without an import cycle.
+    layers = [m for m in model.modules() if hasattr(m, 'gradient_path')]
     previous = [layer.gradient_path for layer in layers]
     try:
         for layer in layers:

@@ -23,6 +23,7 @@ import torch
 import torch.nn as nn
 
 from . import fused
+from .bptt import BpttPath
 from .neuron import spike
 
 
@@ -38,6 +39,12 @@ BACKWARDS = {backward.name: backward for backward in (
     Backward('published', spike, cuda_kernels=fused,
              description='the published surrogate (SPEC §4): no gradient through the membrane '
                          'across steps, to the NDS or to the threshold state'),
+    # For attacks (and adversarial training via ATTACK.ft_gradient), never for the training step:
+    # the exact gradient of the same forward with the spike's step replaced by a surrogate, here
+    # the published one at the dynamic threshold; other surrogates: bptt.parse_gradient_path.
+    Backward('bptt', BpttPath(),
+             description='exact BPTT through membrane, reset, trace and the adaptive threshold '
+                         '(layers/bptt.py)'),
 )}
 
 
