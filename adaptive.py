@@ -185,19 +185,21 @@ LOSSES = {
 # --- our attacks (model units; return the adversarial input) ------------------------------------
 
 def pgd(model, x, labels, threat, eps, loss='ce', steps=10, restarts=1, random_start=True,
-        step_size=None):
+        step_size=None, early_stop=True):
     """L-inf PGD on the class scores with random start and restarts, under the threat model.
 
     Keeps, per image, the first iterate that fools the model (every iterate lies in the ball)
     and stops working on it; a restart only attacks the images no earlier restart fooled. The
-    gradient path is the model's current one (see :func:`layers.bptt.use_gradient_path`)."""
+    gradient path is the model's current one (see :func:`layers.bptt.use_gradient_path`).
+    ``early_stop=False`` (transfer: an example that only just fools the source transfers badly)
+    runs every step on every image and returns the last iterate of one run."""
     loss_fn = LOSSES[loss]
     x = x.detach()
     bound = threat.eps_model(eps, x)
     alpha = bound * (PGD_STEP_FRACTION / steps) if step_size is None else bound * step_size
     best = torch.zeros(threat.delta_shape(x), dtype=x.dtype, device=x.device)
     fooled = torch.zeros(len(x), dtype=torch.bool, device=x.device)
-    for _ in range(restarts):
+    for _ in range(restarts if early_stop else 1):
         todo = (~fooled).nonzero()[:, 0]
         if len(todo) == 0 or float(eps) == 0:
             break
@@ -216,7 +218,7 @@ def pgd(model, x, labels, threat, eps, loss='ce', steps=10, restarts=1, random_s
                     (grad,) = torch.autograd.grad(loss_fn(scores, ys).sum(), delta)
             delta = delta.detach()
             wrong = scores.detach().argmax(1) != ys
-            if wrong.any():  # record and drop the images fooled by this iterate
+            if early_stop and wrong.any():  # record and drop the images fooled by this iterate
                 best[todo[wrong]] = delta[wrong]
                 fooled[todo[wrong]] = True
                 keep = ~wrong
@@ -226,7 +228,7 @@ def pgd(model, x, labels, threat, eps, loss='ce', steps=10, restarts=1, random_s
                 if len(todo) == 0:
                     break
             if last:
-                best[todo] = delta  # not fooled: the last iterate
+                best[todo] = delta  # not fooled (or no early stop): the last iterate
                 break
             delta = threat.project(xs, delta + alpha * grad.sign(), eps)
     return threat.apply(x, best)
@@ -236,16 +238,23 @@ class ImageModel(nn.Module):
     """The model as torchattacks expects it: images in ``[0, 1]`` in, class scores out.
 
     Clamped threat model: the image is the pixel image (T folded into the channels for
-    per-step). Unclamped: an affine rescaling ``z = (p + eps) / (1 + 2 eps)`` maps the ball
-    around any valid image into ``[0, 1]``, so torchattacks' own clamp never binds; its ε is
-    ``eps / (1 + 2 eps)``."""
+    per-step). Unclamped: an affine rescaling ``z = (p - low) / (high - low)`` with ``low =
+    min(0, p) - eps`` and ``high = max(1, p) + eps`` over the batch ``x`` maps the ε-ball around
+    every image into ``[0, 1]``, so torchattacks' own clamp never binds; its ε is
+    ``eps / (high - low)`` (``eps / (1 + 2 eps)`` for valid images)."""
 
-    def __init__(self, model, threat, eps):
+    def __init__(self, model, threat, eps, x):
         super().__init__()
         self.model = model
         self.threat = threat
         self.n_class = model.settings.n_class
-        self.offset, self.scale = (0.0, 1.0) if threat.clamp else (float(eps), 1 + 2 * float(eps))
+        if threat.clamp or x.numel() == 0:
+            low, high = 0.0, 1.0
+        else:
+            pixels = threat.to_image(x.detach())
+            low = min(0.0, float(pixels.min())) - float(eps)
+            high = max(1.0, float(pixels.max())) + float(eps)
+        self.offset, self.scale = -low, high - low
         self.eps = float(eps) / self.scale
 
     def encode(self, x):
@@ -260,7 +269,7 @@ def torchattacks_attack(make, model, x, labels, threat, eps):
     torchattacks reseeds torch's global RNG: it runs inside ``fork_rng``."""
     if float(eps) == 0:
         return x.detach()
-    wrapper = ImageModel(model, threat, eps)
+    wrapper = ImageModel(model, threat, eps, x)
     z = wrapper.encode(x.detach())
     devices = [x.device] if x.device.type == 'cuda' else []
     with torch.random.fork_rng(devices=devices):
@@ -293,6 +302,25 @@ def _square(queries, restarts=1):
     return lambda wrapper, eps: torchattacks.Square(wrapper, norm='Linf', eps=eps,
                                                     n_queries=queries, n_restarts=restarts,
                                                     loss='margin', seed=0)
+
+
+def registry_attack(model, x, labels, eps, bounds=None, attack='pgd', loss='ce', steps=10,
+                    restarts=1, gradient='bptt:published:5'):
+    """An attack of this module behind ``attack.ATTACKS``' signature: ``eps`` in model units,
+    ``bounds`` ``(low, high)`` in model units or None; per-step threat model (SPEC §6's units:
+    scalar mean/std, so "pixels" are the affine image of model units that ``bounds`` imply)."""
+    if bounds is None:
+        mean, std = 0.0, 1.0  # no pixel range: the model units themselves
+    else:
+        low, high = bounds
+        std = 1.0 / (high - low)
+        mean = -low * std
+    channels = x.shape[1]
+    threat = ThreatModel('per-step', bounds is not None, (mean,) * channels, (std,) * channels,
+                         x.shape[-1])
+    spec = AttackSpec(attack, gradient, loss, steps, restarts)
+    return _run_one(spec, gradient, model, None, x, labels, threat, Fraction(float(eps) * std),
+                    None).detach()
 
 
 # --- the suite ----------------------------------------------------------------------------------
@@ -345,20 +373,22 @@ def suite_plan(suite, threat, eps, partner=False, sanity=False, largest=False):
         if largest and not sanity:
             plan += [AttackSpec('pgd', 'best:1', 'ce', 7), AttackSpec('pgd', 'best:1', 'ce', 100)]
         if partner and not sanity:
-            plan.append(AttackSpec('transfer-pgd', 'partner:bptt:published:5', 'ce', 20, 2))
+            plan.append(AttackSpec('transfer-pgd', 'partner:bptt:published:5', 'ce', 20))
         return plan
     # full: a PGD-CE sweep over every surrogate shape and sharpness ranks the gradient paths,
     # then the strongest ones carry the expensive attacks.
-    plan += [AttackSpec('pgd', path, 'ce', 10) for path in gradient_paths('full')]
+    plan += [AttackSpec('pgd', path, 'ce', 10) for path in gradient_paths('full')]  # 19 paths
     for rank in ('best:1', 'best:2'):
         plan += [AttackSpec('pgd', rank, 'cw', 20, 2), AttackSpec('apgd-ce', rank, 'ce', 50),
                  AttackSpec('apgd-dlr', rank, 'dlr', 50)]
     plan.append(AttackSpec('apgd-t', 'best:1', 'dlr-targeted', 25))
     plan += [AttackSpec('pgd', 'best:1', 'ce', 7), AttackSpec('pgd', 'best:1', 'ce', 100)]
     if partner:
-        plan.append(AttackSpec('transfer-pgd', 'partner:bptt:published:5', 'ce', 20, 2))
-        plan.append(AttackSpec('transfer-pgd', 'partner:published', 'ce', 20, 2))
-    plan.append(AttackSpec('square', 'none', 'margin', 5000, survivors=True))
+        plan.append(AttackSpec('transfer-pgd', 'partner:bptt:published:5', 'ce', 20))
+        plan.append(AttackSpec('transfer-pgd', 'partner:bptt:published:5', 'cw', 20))
+        plan.append(AttackSpec('transfer-pgd', 'partner:published', 'ce', 20))
+    if largest:  # 5000 queries per surviving image: at the largest eps only (the masking check)
+        plan.append(AttackSpec('square', 'none', 'margin', 5000, survivors=True))
     return plan
 
 
@@ -374,7 +404,7 @@ def _run_one(spec, gradient, model, partner, x, labels, threat, eps, published_a
         return published_attack(spec.attack[len('published-'):], model, x, labels, eps, threat.clamp)
     if spec.attack == 'transfer-pgd':
         with use_gradient_path(partner, gradient):
-            return pgd(partner, x, labels, threat, eps, 'ce', spec.steps, spec.restarts)
+            return pgd(partner, x, labels, threat, eps, spec.loss, spec.steps, early_stop=False)
     with use_gradient_path(model, gradient if gradient != 'none' else PUBLISHED):
         if spec.attack == 'pgd':
             return pgd(model, x, labels, threat, eps, spec.loss, spec.steps, spec.restarts)
@@ -835,3 +865,77 @@ def write_outputs(out_dir, result, table):
     atomic_write_text(os.path.join(out_dir, 'report.md'), report_markdown(result))
     atomic_write_text(os.path.join(out_dir, 'robustness.json'),
                       json.dumps(result, indent=1, default=float) + '\n')
+
+
+def load_samples(cfg, ctx):
+    """This rank's shard of the first ``DEFAULT.test_samples`` test images (all when null):
+    ``(images, labels, global indices)``; rank r takes samples r, r + world, ..."""
+    from datasets import build_datasets
+    network = cfg['Network']
+    _, test_set = build_datasets(network['dataset'], network['data_path'], train_samples=1,
+                                 test_samples=cfg['DEFAULT']['test_samples'])
+    indices = list(range(ctx.rank, len(test_set), ctx.world_size))
+    items = [test_set[i] for i in indices]
+    if items:
+        images = torch.stack([image for image, _ in items])
+        labels = torch.tensor([int(label) for _, label in items], dtype=torch.int64)
+    else:  # more ranks than images
+        images = torch.zeros((0, *test_set[0][0].shape))
+        labels = torch.zeros(0, dtype=torch.int64)
+    return images, labels, torch.tensor(indices, dtype=torch.int64)
+
+
+def evaluate_checkpoint(cfg, model, ckpt_path, ctx, *, suite, eps_list, threats, clamps, out_dir,
+                        partner=None, partner_path=None, batch_size=None, sanity_eps=True,
+                        log=print):
+    """evaluate.py's work for one model (also used by protocol.py --suite): the sample shard,
+    the suite, and on rank 0 the output files. Returns the result (robustness.json's content)."""
+    from checkpoint import load_checkpoint
+    from datasets import NORMALISATION
+    from distributed import all_gather_object, all_reduce_sum
+    images, labels, indices = load_samples(cfg, ctx)
+    dtype = next(model.parameters()).dtype
+    images, labels = images.to(ctx.device, dtype), labels.to(ctx.device)
+    mean, std = NORMALISATION[cfg['Network']['dataset']]
+    log(f"{ckpt_path}: {cfg['Network']['model']} network, {suite} suite, eps "
+        f"{', '.join(eps_text(e) for e in eps_list)}, {ctx.world_size} process(es) on "
+        f"{ctx.device} -> {out_dir}")
+    torch.manual_seed(cfg['DEFAULT']['seed'] + 1000 * ctx.rank)  # random starts differ per rank
+    result, table = run_evaluation(
+        model, images, labels, indices, ctx, suite=suite, eps_list=eps_list, threats=threats,
+        clamps=clamps, mean=mean, std=std, batch_size=batch_size or cfg['Network']['batch_size'],
+        published_attack=published_attack_fn(cfg['Network']), partner=partner,
+        sanity_eps=sanity_eps, log=log, all_reduce=lambda values: all_reduce_sum(ctx, values),
+        all_gather=lambda obj: all_gather_object(ctx, obj))
+    ckpt = load_checkpoint(ckpt_path)
+    result = {'checkpoint': {'path': ckpt_path, 'sha256': sha256_of(ckpt_path),
+                             'epoch': ckpt.get('epoch') if isinstance(ckpt, dict) else None},
+              'commit': git_commit(), 'versions': versions(), 'partner': partner_path,
+              'world_size': ctx.world_size, 'device': str(ctx.device), 'config': cfg, **result}
+    if ctx.is_main:
+        write_outputs(out_dir, result, table)
+        log("worst case: " + ', '.join(
+            f"{100 * e['accuracy']:.2f}% at {e['eps']} ({e['threat']}, clamp={str(e['clamp']).lower()})"
+            for e in result['worst_case']) + f" -> {os.path.join(out_dir, 'report.md')}")
+    return result
+
+
+def protocol_rows(models, partners, cfgs, ckpt_paths, out_dirs, suite, eps_list, ctx, log):
+    """For protocol.py --suite: each model's worst case under ``suite`` (per-step, the config's
+    clamp; transfer from its partner), as rows of the protocol table
+    ``{'attack': 'worst case (<suite> suite)', 'eps', 'n_samples', <model>: accuracy}``; every
+    model's report goes to ``out_dirs[model]``."""
+    table = {}
+    for name, model in models.items():
+        cfg = cfgs[name]
+        result = evaluate_checkpoint(
+            cfg, model, ckpt_paths[name], ctx, suite=suite, eps_list=eps_list,
+            threats=['per-step'], clamps=[bool(cfg['ATTACK']['clamp'])], out_dir=out_dirs[name],
+            partner=models[partners[name]], partner_path=ckpt_paths[partners[name]], log=log)
+        for entry in result['worst_case']:
+            if Fraction(entry['eps']) in eps_list:
+                row = table.setdefault(entry['eps'], {
+                    'attack': f"worst case ({suite} suite)", 'eps': float(Fraction(entry['eps'])),
+                    'n_samples': entry['n_samples']})
+                row[name] = entry['accuracy']
+    return list(table.values())

@@ -19,6 +19,7 @@ from typing import Callable
 
 import torch
 
+from adaptive import registry_attack  # issue 9's adaptive attacks (random start, BPTT, torchattacks)
 from layers import attack_loss
 
 
@@ -154,6 +155,14 @@ ATTACKS = {attack.name: attack for attack in (
     Attack('fgsm-rs', fgsm_random_start, ('train',), title='FGSM-RS', ft_method='fgm_rs'),
     Attack('gaussian', gaussian_noise, title='Gaussian noise'),
     Attack('noise', random_sign_noise, ('baseline',), title='sign noise'),
+    # Adaptive attacks (adaptive.py; evaluate.py runs them under threat models and gradient paths)
+    Attack('pgd-ce-bptt', registry_attack, params=dict(attack='pgd', loss='ce'), title='PGD-CE (BPTT)'),
+    Attack('pgd-cw-bptt', registry_attack, params=dict(attack='pgd', loss='cw'), title='PGD-CW (BPTT)'),
+    Attack('apgd-ce', registry_attack, params=dict(attack='apgd-ce', loss='ce', steps=25), title='APGD-CE'),
+    Attack('apgd-dlr', registry_attack, params=dict(attack='apgd-dlr', loss='dlr', steps=25), title='APGD-DLR'),
+    Attack('apgd-t', registry_attack, params=dict(attack='apgd-t', loss='dlr', steps=25), title='APGD-T'),
+    Attack('square', registry_attack, params=dict(attack='square', loss='margin', steps=5000,
+                                                  gradient='none'), title='Square (5000 queries)'),
 )}
 
 

@@ -15,13 +15,9 @@ import copy
 import os
 import sys
 
-import torch
-
 import adaptive
-from checkpoint import CheckpointError, load_checkpoint
-from config import ConfigError, attack_strengths, load_config, resolve
-from datasets import NORMALISATION, build_datasets
-from distributed import all_gather_object, all_reduce_sum
+from checkpoint import load_checkpoint
+from config import ConfigError, apply_overrides, load_config, resolve
 from runner import add_config_arguments, build_model, config_from_args, run_cli, seed_everything
 
 CLAMP_CHOICES = ('config', 'true', 'false', 'both')
@@ -75,7 +71,6 @@ def partner_config(args, cfg):
         raw['Network']['model'] = stored['Network'].get('model', raw['Network']['model'])
     else:
         raw['Network']['model'] = 'LIF' if cfg['Network']['model'] == 'ALIF' else 'ALIF'
-    from config import apply_overrides
     apply_overrides(raw, list(args.partner_set) + overrides)
     try:
         partner, _ = resolve(raw)
@@ -117,22 +112,6 @@ def prepare(args):
     return cfg, warnings, eps_list, threats, clamps, partner
 
 
-def load_samples(cfg, ctx):
-    """This rank's shard of the first N test images: ``(images, labels, global indices)``."""
-    network = cfg['Network']
-    _, test_set = build_datasets(network['dataset'], network['data_path'],
-                                 train_samples=1, test_samples=cfg['DEFAULT']['test_samples'])
-    indices = list(range(ctx.rank, len(test_set), ctx.world_size))
-    items = [test_set[i] for i in indices]
-    if not items:  # more ranks than images
-        images = torch.zeros((0, *test_set[0][0].shape))
-        labels = torch.zeros(0, dtype=torch.int64)
-    else:
-        images = torch.stack([image for image, _ in items])
-        labels = torch.tensor([int(label) for _, label in items], dtype=torch.int64)
-    return images, labels, torch.tensor(indices, dtype=torch.int64)
-
-
 def execute(args, prepared, ctx):
     cfg, warnings, eps_list, threats, clamps, partner_cfg = prepared
     out_dir = args.out or os.path.join(os.path.dirname(os.path.abspath(args.ckpt)),
@@ -141,35 +120,12 @@ def execute(args, prepared, ctx):
     for warning in warnings:
         log(f"warning: {warning}")
     seed_everything(cfg['DEFAULT']['seed'])
-    ckpt = load_checkpoint(args.ckpt)
     model = build_model(cfg, args.ckpt, ctx.device).eval()
     partner = build_model(partner_cfg, args.partner, ctx.device).eval() if partner_cfg else None
-    images, labels, indices = load_samples(cfg, ctx)
-    dtype = next(model.parameters()).dtype
-    images, labels = images.to(ctx.device, dtype), labels.to(ctx.device)
-    mean, std = NORMALISATION[cfg['Network']['dataset']]
-    log(f"{args.ckpt}: {cfg['Network']['model']} network, {args.suite} suite, eps "
-        f"{', '.join(adaptive.eps_text(e) for e in eps_list)}, {ctx.world_size} process(es) on "
-        f"{ctx.device} -> {out_dir}")
-    seed_everything(cfg['DEFAULT']['seed'] + 1000 * ctx.rank)  # random starts differ per rank
-    result, table = adaptive.run_evaluation(
-        model, images, labels, indices, ctx, suite=args.suite,
-        eps_list=eps_list, threats=threats, clamps=clamps, mean=mean, std=std,
-        batch_size=args.batch_size or cfg['Network']['batch_size'],
-        published_attack=adaptive.published_attack_fn(cfg['Network']), partner=partner,
-        sanity_eps=not args.no_sanity_eps, log=log,
-        all_reduce=lambda values: all_reduce_sum(ctx, values),
-        all_gather=lambda obj: all_gather_object(ctx, obj))
-    if ctx.is_main:
-        result = {'checkpoint': {'path': args.ckpt, 'sha256': adaptive.sha256_of(args.ckpt),
-                                 'epoch': ckpt.get('epoch') if isinstance(ckpt, dict) else None},
-                  'commit': adaptive.git_commit(), 'versions': adaptive.versions(),
-                  'partner': args.partner, 'world_size': ctx.world_size, 'device': str(ctx.device),
-                  'config': cfg, **result}
-        adaptive.write_outputs(out_dir, result, table)
-        log(f"worst case: " + ', '.join(
-            f"{100 * e['accuracy']:.2f}% at {e['eps']} ({e['threat']}, clamp={str(e['clamp']).lower()})"
-            for e in result['worst_case']) + f" -> {out_dir}/report.md")
+    adaptive.evaluate_checkpoint(
+        cfg, model, args.ckpt, ctx, suite=args.suite, eps_list=eps_list, threats=threats,
+        clamps=clamps, out_dir=out_dir, partner=partner, partner_path=args.partner,
+        batch_size=args.batch_size, sanity_eps=not args.no_sanity_eps, log=log)
 
 
 def main(argv=None):

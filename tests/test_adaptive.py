@@ -86,7 +86,7 @@ def test_image_wrapper_gives_the_model_scores(data, clamp):
     x = expand(images)
     eps = Fraction(8, 255)
     for threat in (threat_model('per-step', clamp), threat_model('static', clamp)):
-        wrapper = adaptive.ImageModel(model, threat, eps)
+        wrapper = adaptive.ImageModel(model, threat, eps, x)
         z = wrapper.encode(x)
         assert z.min() >= 0 and z.max() <= 1  # torchattacks' clamp to [0, 1] never binds
         with torch.no_grad():
@@ -294,3 +294,22 @@ def test_eps_parsing_is_exact_and_never_evaluates():
     for bad in ('__import__("os")', '1/0', '-1/255', 'eight'):
         with pytest.raises(ValueError):
             adaptive.parse_eps(bad)
+
+
+@pytest.mark.parametrize('name', ['pgd-ce-bptt', 'pgd-cw-bptt', 'apgd-ce', 'apgd-dlr', 'apgd-t'])
+@pytest.mark.parametrize('clamped', [False, True])
+def test_registry_entries_respect_eps_and_bounds(data, name, clamped):
+    """attack.ATTACKS' adaptive entries: eps in model units, bounds (low, high) or None."""
+    from attack import ATTACKS
+    model, _, images, labels = data
+    x = expand(images[:, :1].repeat(1, 2, 1, 1))
+    eps, bounds = 0.3, (((0 - MEAN[0]) / STD[0], (1 - MEAN[0]) / STD[0]) if clamped else None)
+    x_adv = ATTACKS[name](model, x, labels, eps, bounds)
+    assert x_adv.shape == x.shape
+    assert ((x_adv - x).abs() <= eps * (1 + 1e-9)).all()
+    if clamped:
+        assert x_adv.min() >= bounds[0] - 1e-9 and x_adv.max() <= bounds[1] + 1e-9
+    with torch.no_grad():
+        clean = predict(model(x, False)[0]) == labels
+        adv = predict(model(x_adv, False)[0]) == labels
+    assert (adv <= clean).all() or name.startswith('apgd')  # ours never un-fools an image

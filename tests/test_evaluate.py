@@ -156,3 +156,27 @@ def test_torchrun_two_processes_count_each_sample_once(trained, tmp_path):
         if row['attack'] != 'published-rfgsm':  # R-FGSM draws a random start per rank
             assert pa['fooled'][index].tolist() == pb['fooled'][index].tolist(), row['attack']
             assert row['accuracy'] == b['rows'][index]['accuracy']
+
+
+@pytest.mark.slow
+def test_protocol_suite_adds_the_adaptive_worst_case(tmp_path, monkeypatch):
+    """protocol.py --suite quick: the table gets each model's worst case, which is no higher
+    than any of its published rows, and each model gets its report."""
+    import protocol
+    data = str(tmp_path / 'data')
+    write_mnist_like(data, 32, 5)
+    monkeypatch.chdir(tmp_path)  # the NDS goes to ./spikedata/mnist/
+    out = tmp_path / 'run'
+    assert protocol.main(['-d', '0', '--out', str(out), '--lif-epochs', '1', '--hosnn-epochs', '1',
+                          '--ft-epochs', '1', '--suite', 'quick',
+                          *sets(data, 'ATTACK.strength=[8/255]')]) == 0
+    summary = json.load(open(out / 'results.json'))
+    rows = {r['attack']: r for r in summary['robustness']}
+    worst = rows['worst case (quick suite)']
+    for name in protocol.MODELS:
+        # (R-FGSM's random start differs between the two runs: not compared)
+        assert worst[name] <= min(rows[a][name] for a in ('fgsm', 'pgd', 'bim'))
+        report = load(out / name / 'robustness-quick')
+        assert report['partner'].endswith(os.path.join(protocol.PARTNER[name], 'best.pth'))
+        assert any(r['attack'] == 'transfer-pgd' for r in report['rows'])
+    assert '| worst case (quick suite) | 8/255 |' in summary['table_markdown']
