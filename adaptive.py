@@ -271,8 +271,8 @@ def torchattacks_attack(make, model, x, labels, threat, eps):
         return x.detach()
     wrapper = ImageModel(model, threat, eps, x)
     z = wrapper.encode(x.detach())
-    devices = [x.device] if x.device.type == 'cuda' else []
-    with torch.random.fork_rng(devices=devices):
+    cuda = x.device.type == 'cuda'
+    with torch.random.fork_rng(devices=[x.device] if cuda else [], device_type='cuda'):
         z_adv = make(wrapper, wrapper.eps)(z, labels)
     delta = threat.image_delta_to_model((z_adv.to(x.dtype) - z) * wrapper.scale)
     return threat.apply(x, threat.project(x, delta, eps))
@@ -758,22 +758,34 @@ def plot_png(result):
     except ImportError:
         return None
     groups = sorted({(r['threat'], r['clamp']) for r in result['rows']})
-    fig, axes = plt.subplots(1, max(len(groups), 1), figsize=(7 * max(len(groups), 1), 5),
+    fig, axes = plt.subplots(1, max(len(groups), 1), figsize=(9 * max(len(groups), 1), 5),
                              squeeze=False)
     for ax, (threat, clamp) in zip(axes[0], groups):
+        rows = [r for r in result['rows'] if (r['threat'], r['clamp']) == (threat, clamp)]
+        # A path sweep (more than 3 paths for one attack) is drawn as its strongest path per eps,
+        # and a path chosen per eps ("the strongest so far") as one series across eps.
+        swept = {}
+        for row in rows:
+            if row.get('path_choice', 'fixed') == 'fixed':
+                key = (row['attack'], row['loss'], row['steps'], row['restarts'])
+                swept.setdefault(key, set()).add(row['gradient'])
         series = {}
-        for row in result['rows']:
-            if (row['threat'], row['clamp']) == (threat, clamp):
-                # A path chosen per eps ("the strongest so far") is one series across eps.
-                named = dict(row, gradient=row['path_choice'].replace('best:', 'strongest path #')) \
-                    if row.get('path_choice', 'fixed') != 'fixed' else row
-                series.setdefault(row_label(named), []).append((float(Fraction(row['eps'])),
-                                                                row['accuracy']))
+        for row in rows:
+            key = (row['attack'], row['loss'], row['steps'], row['restarts'])
+            if row.get('path_choice', 'fixed') != 'fixed':
+                named = dict(row, gradient=row['path_choice'].replace('best:', 'strongest path #'))
+            elif len(swept.get(key, ())) > 3:
+                named = dict(row, gradient=f"strongest of {len(swept[key])} paths")
+            else:
+                named = row
+            points = series.setdefault(row_label(named), {})
+            eps = float(Fraction(row['eps']))
+            points[eps] = min(points.get(eps, 2.0), row['accuracy'])
         for name, points in series.items():
-            points.sort()
+            xs = sorted(points)
             style = ':' if PUBLISHED_LABEL in name else '-'
-            ax.plot([p[0] * 255 for p in points], [100 * p[1] for p in points], style, marker='.',
-                    linewidth=1, alpha=0.7, label=name)
+            ax.plot([e * 255 for e in xs], [100 * points[e] for e in xs], style, marker='.',
+                    linewidth=1, alpha=0.8, label=name)
         worst = sorted((float(Fraction(e['eps'])), e['accuracy']) for e in result['worst_case']
                        if (e['threat'], e['clamp']) == (threat, clamp))
         ax.plot([p[0] * 255 for p in worst], [100 * p[1] for p in worst], 'k-', marker='o',
@@ -783,10 +795,9 @@ def plot_png(result):
         ax.set_ylim(-2, 102)
         ax.set_title(f"{threat}, clamp={str(clamp).lower()}")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=6, loc='upper right')
-    fig.tight_layout()
+        ax.legend(fontsize=6, loc='upper left', bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     buffer = io.BytesIO()
-    fig.savefig(buffer, format='png', dpi=110)
+    fig.savefig(buffer, format='png', dpi=110, bbox_inches='tight')
     plt.close(fig)
     return buffer.getvalue()
 
