@@ -719,10 +719,12 @@ def report_markdown(result):
                   'upper bounds that stronger attacks may lower.', '']
     lines += ["Rows marked *published attack* are the published FGSM / R-FGSM / PGD / BIM "
               "(SPEC §6: the published backward, the published loss, no random start); the others "
-              "are adaptive. `gradient` is the backward the attack differentiates (`published`, or "
-              "exact BPTT `bptt:<surrogate>:<sharpness>`); `none` = black box; `partner:` = crafted "
-              "on the partner model (transfer). Square runs only on images that every earlier "
-              "attack missed, so its row is the worst case after it.", '',
+              "are adaptive (the published attacks perturb every time step, so they run under the "
+              "per-step threat model only). `gradient` is the backward the attack differentiates "
+              "(`published`, or exact BPTT `bptt:<surrogate>:<sharpness>`); `none` = black box; "
+              "`partner:` = crafted on the partner model (transfer). Square runs only on images "
+              "that every earlier attack missed, so its row is the worst case after it; the full "
+              "suite runs it at the largest ε of the list only (5000 queries per image).", '',
               '## Worst case (an image counts as robust only if no attack fooled it)', '',
               '| ε | threat | clamp | worst-case accuracy (%) | images |', '|---|---|---|---:|---:|']
     for entry in result['worst_case']:
