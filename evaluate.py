@@ -16,6 +16,7 @@ import os
 import sys
 
 import adaptive
+import adaptive_attacks
 from checkpoint import load_checkpoint
 from config import ConfigError, apply_overrides, load_config, resolve
 from runner import add_config_arguments, build_model, config_from_args, run_cli, seed_everything
@@ -90,8 +91,8 @@ def prepare(args):
     cfg, warnings, _ = config_from_args(args)
     warnings = [w for w in warnings if 'Network.ckpt_v is null' not in w]  # the NDS is in the weights
     try:
-        eps_list = ([adaptive.parse_eps(e) for e in args.eps.split(',') if e.strip()]
-                    if args.eps else [adaptive.parse_eps(e, f"ATTACK.strength[{i}]")
+        eps_list = ([adaptive_attacks.parse_eps(e) for e in args.eps.split(',') if e.strip()]
+                    if args.eps else [adaptive_attacks.parse_eps(e, f"ATTACK.strength[{i}]")
                                       for i, e in enumerate(cfg['ATTACK']['strength'])])
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
@@ -99,7 +100,7 @@ def prepare(args):
         raise ConfigError("no eps to evaluate: pass --eps 8/255 or set ATTACK.strength")
     threats = [t.strip() for t in args.threat.split(',') if t.strip()]
     for threat in threats:
-        if threat not in adaptive.THREATS:
+        if threat not in adaptive_attacks.THREATS:
             raise ConfigError(f"--threat {threat!r}: choose per-step, static or both "
                               f"('per-step,static')")
     if args.suite == 'published' and threats != ['per-step']:

@@ -25,6 +25,7 @@ import time
 from fractions import Fraction
 
 import adaptive
+import adaptive_attacks
 from attack import Normalization, attack_bounds, attacks_for, training_attack
 from config import ConfigError, attack_strengths
 from diagnostics import SpikeMonitor, diagnose, format_rate
@@ -197,7 +198,7 @@ def run_protocol(args, base, warnings, ctx):
         rows += adaptive.protocol_rows(
             models, PARTNER, stages, {n: os.path.join(out_dir, n, 'best.pth') for n in MODELS},
             {n: os.path.join(out_dir, n, f"robustness-{args.suite}") for n in MODELS}, args.suite,
-            [adaptive.parse_eps(e) for e in base['ATTACK']['strength']], ctx, summary_outputs.log)
+            [adaptive_attacks.parse_eps(e) for e in base['ATTACK']['strength']], ctx, summary_outputs.log)
     table = format_markdown_table(rows, ft)
     summary_outputs.results['stages']['adversarial_test'] = {'wall_time_s': time.perf_counter() - start}
     summary_outputs.results.update(robustness=rows, table_markdown=table, nds_file=nds_path,

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 import adaptive
-from adaptive import ThreatModel
+import adaptive_attacks
+from adaptive_attacks import ThreatModel
 from distributed import DistContext
 from layers import Network, predict
 
@@ -86,11 +87,11 @@ def test_image_wrapper_gives_the_model_scores(data, clamp):
     x = expand(images)
     eps = Fraction(8, 255)
     for threat in (threat_model('per-step', clamp), threat_model('static', clamp)):
-        wrapper = adaptive.ImageModel(model, threat, eps, x)
+        wrapper = adaptive_attacks.ImageModel(model, threat, eps, x)
         z = wrapper.encode(x)
         assert z.min() >= 0 and z.max() <= 1  # torchattacks' clamp to [0, 1] never binds
         with torch.no_grad():
-            torch.testing.assert_close(wrapper(z), adaptive.class_scores(model, x))
+            torch.testing.assert_close(wrapper(z), adaptive_attacks.class_scores(model, x))
         if not clamp:  # the whole ball around a valid image stays in [0, 1]
             assert ((z - wrapper.eps).min() >= -1e-12) and ((z + wrapper.eps).max() <= 1 + 1e-12)
 
@@ -109,18 +110,18 @@ def perturbation_checks(x, x_adv, threat, eps):
 
 
 ATTACKS = {
-    'pgd-ce': lambda m, x, y, t, e: adaptive.pgd(m, x, y, t, e, 'ce', steps=5, restarts=2),
-    'pgd-cw-bptt': lambda m, x, y, t, e: _with_path(m, 'bptt:sigmoid:5', adaptive.pgd, x, y, t, e,
+    'pgd-ce': lambda m, x, y, t, e: adaptive_attacks.pgd(m, x, y, t, e, 'ce', steps=5, restarts=2),
+    'pgd-cw-bptt': lambda m, x, y, t, e: _with_path(m, 'bptt:sigmoid:5', adaptive_attacks.pgd, x, y, t, e,
                                                     'cw', 5),
-    'apgd-dlr': lambda m, x, y, t, e: adaptive.torchattacks_attack(
-        adaptive._apgd('dlr')(5), m, x, y, t, e),
-    'apgd-t': lambda m, x, y, t, e: adaptive.torchattacks_attack(adaptive._apgdt(3), m, x, y, t, e),
-    'square': lambda m, x, y, t, e: adaptive.torchattacks_attack(adaptive._square(30), m, x, y, t, e),
+    'apgd-dlr': lambda m, x, y, t, e: adaptive_attacks.torchattacks_attack(
+        adaptive_attacks._apgd('dlr')(5), m, x, y, t, e),
+    'apgd-t': lambda m, x, y, t, e: adaptive_attacks.torchattacks_attack(adaptive_attacks._apgdt(3), m, x, y, t, e),
+    'square': lambda m, x, y, t, e: adaptive_attacks.torchattacks_attack(adaptive_attacks._square(30), m, x, y, t, e),
 }
 
 
 def _with_path(model, path, fn, *args):
-    with adaptive.use_gradient_path(model, path):
+    with adaptive_attacks.use_gradient_path(model, path):
         return fn(model, *args)
 
 
@@ -147,7 +148,7 @@ def test_pgd_with_a_large_eps_fools_and_its_fooled_images_are_wrong(data):
     model, _, images, labels = data
     x = expand(images)
     threat = threat_model('per-step')
-    x_adv = adaptive.pgd(model, x, labels, threat, Fraction(128, 255), 'cw', steps=20, restarts=2)
+    x_adv = adaptive_attacks.pgd(model, x, labels, threat, Fraction(128, 255), 'cw', steps=20, restarts=2)
     with torch.no_grad():
         clean_wrong = predict(model(x, False)[0]) != labels
         adv_wrong = predict(model(x_adv, False)[0]) != labels
@@ -157,9 +158,9 @@ def test_pgd_with_a_large_eps_fools_and_its_fooled_images_are_wrong(data):
 def test_margin_and_dlr_losses_are_positive_exactly_when_fooled():
     scores = torch.tensor([[3.0, 1.0, 0.5, 0.0], [1.0, 2.0, 0.0, -1.0]])
     labels = torch.tensor([0, 0])
-    margin = adaptive.margin_loss(scores, labels)
+    margin = adaptive_attacks.margin_loss(scores, labels)
     assert margin.tolist() == [-2.0, 1.0]
-    dlr = adaptive.dlr_loss(scores, labels)
+    dlr = adaptive_attacks.dlr_loss(scores, labels)
     assert dlr[0] < 0 < dlr[1]
     assert dlr[1] == pytest.approx(1.0 / (2.0 - 0.0))
 
@@ -178,13 +179,13 @@ def test_fooled_means_wrong_on_the_adversarial_example(data, monkeypatch):
     """Every per-sample flag is the verified prediction on what the attack returned."""
     model = data[0]
     seen = []
-    original = adaptive._run_one
+    original = adaptive.run_attack
 
     def recording(spec, gradient, model_, partner, x, labels, threat, eps, published_attack):
         x_adv = original(spec, gradient, model_, partner, x, labels, threat, eps, published_attack)
         seen.append((labels, x_adv))
         return x_adv
-    monkeypatch.setattr(adaptive, '_run_one', recording)
+    monkeypatch.setattr(adaptive, 'run_attack', recording)
     result, table = run_small(data, suite='published')
     assert seen
     fooled = table['fooled']
@@ -206,7 +207,7 @@ SUITE_PLAN = adaptive.suite_plan
 def small_plan(suite, threat, eps, partner=False, sanity=False, largest=False):
     """Every kind of entry of a real plan, with few steps: published, a path sweep, the
     strongest path, a survivors-only black box."""
-    Spec = adaptive.AttackSpec
+    Spec = adaptive_attacks.AttackSpec
     plan = SUITE_PLAN('published', threat, eps)[2:3]  # the published PGD (per-step)
     plan += [Spec('pgd', 'published', 'ce', 3), Spec('pgd', 'bptt:sigmoid:5', 'cw', 3),
              Spec('apgd-ce', 'best:1', 'ce', 3), Spec('apgd-dlr', 'best:3', 'dlr', 3),
@@ -288,12 +289,12 @@ def test_sanity_checks_flag_masking_and_a_weak_long_attack():
 
 
 def test_eps_parsing_is_exact_and_never_evaluates():
-    assert adaptive.parse_eps('8/255') == Fraction(8, 255)
-    assert adaptive.eps_text(adaptive.parse_eps(' 0.5 ')) == '1/2'
-    assert adaptive.eps_text(adaptive.parse_eps(8 / 255)) == '8/255'
+    assert adaptive_attacks.parse_eps('8/255') == Fraction(8, 255)
+    assert adaptive_attacks.eps_text(adaptive_attacks.parse_eps(' 0.5 ')) == '1/2'
+    assert adaptive_attacks.eps_text(adaptive_attacks.parse_eps(8 / 255)) == '8/255'
     for bad in ('__import__("os")', '1/0', '-1/255', 'eight'):
         with pytest.raises(ValueError):
-            adaptive.parse_eps(bad)
+            adaptive_attacks.parse_eps(bad)
 
 
 @pytest.mark.parametrize('name', ['pgd-ce-bptt', 'pgd-cw-bptt', 'apgd-ce', 'apgd-dlr', 'apgd-t'])
