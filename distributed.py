@@ -68,6 +68,14 @@ def init_distributed(device_name=None):
     return DistContext(rank, world_size, local_rank, device)
 
 
+def wait_for_all_ranks(ctx):
+    """A barrier (no-op for one process). Before tearing the process group down: a rank that
+    destroys it while another still works (rank 0 writes the outputs last) can abort in gloo's
+    teardown ("terminate called without an active exception", seen once under load)."""
+    if ctx.distributed:
+        dist.barrier()
+
+
 def cleanup_distributed():
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()

@@ -28,7 +28,7 @@ from config import (ConfigError, attack_strengths, config_path_for_dataset, inpu
 from datasets import DATASETS, DatasetNotFound, build_datasets
 from diagnostics import SpikeMonitor, diagnose
 from distributed import (LaunchError, ShardSampler, all_gather_object, broadcast_buffers,
-                         cleanup_distributed, init_distributed)
+                         cleanup_distributed, init_distributed, wait_for_all_ranks)
 from engine import adversarial_test, build_optimizer, evaluate, record_nds, train_one_epoch
 from guards import TrainingDiverged, TrainingGuard
 from layers import Network, gradient_path_name, parse_gradient_path
@@ -91,6 +91,7 @@ def run_cli(args, prepare, execute):
         return EXIT_USER_ERROR
     try:
         execute(args, prepared, ctx)
+        wait_for_all_ranks(ctx)
     except USER_ERRORS as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
