@@ -20,6 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from layers.bptt import PUBLISHED, use_gradient_path
+from layers.config_keys import read_fraction
 
 THREATS = ('per-step', 'static')
 PGD_STEP_FRACTION = 2.5         # PGD step = 2.5 eps / steps (Madry et al. 2018)
@@ -27,17 +28,11 @@ PGD_STEP_FRACTION = 2.5         # PGD step = 2.5 eps / steps (Madry et al. 2018)
 # --- ε as an exact fraction ---------------------------------------------------------------------
 
 def parse_eps(value, where='--eps'):
-    """``'8/255'``, ``'0.03'``, a number or a Fraction -> Fraction (never ``eval``-ed)."""
-    try:
-        if isinstance(value, float):
-            eps = Fraction(value).limit_denominator(100000)
-        else:
-            eps = Fraction(str(value).strip())
-    except (ValueError, ZeroDivisionError):
-        raise ValueError(f"{where}: {value!r} is not a number or a fraction such as 8/255") from None
-    if eps < 0:
-        raise ValueError(f"{where}: {value!r} is negative")
-    return eps
+    """``'8/255'``, ``'0.03'``, a number or a Fraction -> Fraction (layers.config_keys.read_fraction,
+    never ``eval``-ed); a float becomes its nearest short fraction (``8/255`` computed in floating
+    point reads back as 8/255, for exact reports)."""
+    eps = read_fraction(str(value) if isinstance(value, Fraction) else value, where)
+    return eps.limit_denominator(100000) if isinstance(value, float) else eps
 
 
 def eps_text(eps):

@@ -7,14 +7,13 @@ import dataclasses
 import math
 import os
 import re
-from fractions import Fraction
 
 import yaml
 
 from layers import (ConfigError, NetworkSettings, layer_shapes, parse_gradient_path, read_nds_file,
                     unknown_layer_keys)
 from layers.bptt import PUBLISHED as PUBLISHED_GRADIENT
-from layers.config_keys import get_bool, get_choice, get_number, get_pair, show
+from layers.config_keys import get_bool, get_choice, get_number, get_pair, read_fraction, show
 from attack import FT_METHODS  # ATTACK.ft_method: the attacks of usage 'train' (attack.ATTACKS)
 from paths import PROJECT_ROOT, resolve_input_path
 
@@ -51,8 +50,6 @@ MAX_PARAMETERS = 2**30
 # backward): 2**33 float32 are 32 GiB; the published CIFAR100 batch has 3 * 10**8.
 MAX_BATCH_ELEMENTS = 2**33
 
-_NUMBER = r'(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d{1,3})?'
-_EPSILON = re.compile(rf'^\s*({_NUMBER})\s*(?:/\s*({_NUMBER})\s*)?$')
 
 
 class ConfigLoader(yaml.SafeLoader):
@@ -124,25 +121,9 @@ def config_path_for_dataset(index):
 
 
 def parse_epsilon(value, where):
-    """An attack strength in pixel units: a number or an exact fraction string such as ``8/255``
-    (parsed with ``fractions``, never ``eval``)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise ConfigError(f"{where}: {show(value)} is not a number or a fraction such as 8/255")
-    if isinstance(value, float) and not math.isfinite(value):
-        raise ConfigError(f"{where}: {value!r} is not a finite number")
-    if isinstance(value, (int, float)):
-        number = Fraction(value)
-    else:
-        match = _EPSILON.match(value) if len(value) <= 64 else None  # (no 5000-digit numbers)
-        if not match:
-            raise ConfigError(f"{where}: {show(value)} is not a number or a fraction such as 8/255")
-        number = Fraction(match.group(1))
-        if match.group(2) is not None:
-            if Fraction(match.group(2)) == 0:
-                raise ConfigError(f"{where}: {value!r} divides by zero")
-            number /= Fraction(match.group(2))
-    if number < 0:
-        raise ConfigError(f"{where}: {show(value)} must not be negative")
+    """An attack strength in pixel units (``8/255``, ``0.03``; :func:`read_fraction`), at most
+    ``MAX_EPSILON``, as a float."""
+    number = read_fraction(value, where)
     if number > MAX_EPSILON:
         raise ConfigError(f"{where}: {show(value)} is more than {MAX_EPSILON} (attack strengths are "
                           f"in pixel units; images are in [0, 1])")

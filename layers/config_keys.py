@@ -3,6 +3,8 @@
 Every number read here is finite and bounded: a NaN, an infinity or a value far outside any sane
 range is a one-line ConfigError, never a traceback, a hang or a huge allocation later on."""
 import math
+import re
+from fractions import Fraction
 import numbers
 
 _MISSING = object()
@@ -125,3 +127,31 @@ def check_elements(where, what, count, limit=MAX_ELEMENTS):
     if count > limit:
         raise ConfigError(f"{where}: {what} would have {count:,} elements (at most {limit:,}); "
                           f"the sizes are far beyond anything this network can train")
+
+
+_NUMBER = r'(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d{1,3})?'
+_FRACTION = re.compile(rf'^\s*({_NUMBER})\s*(?:/\s*({_NUMBER})\s*)?$')
+
+
+def read_fraction(value, where):
+    """A non-negative number, or a string such as ``8/255`` or ``1e-3``, as an exact ``Fraction``
+    (parsed with ``fractions``, never ``eval``): the one parser of attack strengths (ε), for the
+    YAML and for command lines. Raises ConfigError naming ``where``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ConfigError(f"{where}: {show(value)} is not a number or a fraction such as 8/255")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{where}: {value!r} is not a finite number")
+    if isinstance(value, (int, float)):
+        number = Fraction(value)
+    else:
+        match = _FRACTION.match(value) if len(value) <= 64 else None  # (no 5000-digit numbers)
+        if not match:
+            raise ConfigError(f"{where}: {show(value)} is not a number or a fraction such as 8/255")
+        number = Fraction(match.group(1))
+        if match.group(2) is not None:
+            if Fraction(match.group(2)) == 0:
+                raise ConfigError(f"{where}: {value!r} divides by zero")
+            number /= Fraction(match.group(2))
+    if number < 0:
+        raise ConfigError(f"{where}: {show(value)} must not be negative")
+    return number

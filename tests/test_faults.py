@@ -303,10 +303,7 @@ def test_fault_hook_is_read_when_training_starts(monkeypatch):
 # ----------------------------------------------------------------------------- end to end (main.py)
 
 N_TRAIN, N_TEST = 48, 16
-SMALL_LAYERS = ['Layers.conv_1.out_channels=4', 'Layers.conv_2.in_channels=4',
-                'Layers.conv_2.out_channels=6', 'Layers.FC_1.n_inputs=96',
-                'Layers.FC_1.n_outputs=32', 'Layers.output.n_inputs=32'] + [
-    f'Layers.{name}.weight_scale=2' for name in ('conv_1', 'conv_2', 'FC_1', 'output')]
+from test_main import SMALL_LAYERS  # noqa: E402 -- the small MNIST-architecture network
 
 
 @pytest.fixture(scope='module')
