@@ -40,6 +40,7 @@ from layers.bptt import PUBLISHED, SURROGATES, gradient_path_name, use_gradient_
 
 from adaptive_attacks import LOSSES, AttackSpec, ThreatModel, class_scores, eps_text, run_attack
 from attack import ATTACKS, Normalization
+from diagnostics import SpikeMonitor, diagnose
 SUITES = ('published', 'quick', 'full')
 PUBLISHED_LABEL = 'published attack'
 SANITY_EPS = Fraction(64, 255)  # the worst case must fall to <= 1% here, else masking is suspected
@@ -399,6 +400,7 @@ def report_markdown(result):
              f"(the first {result['n_samples']}); clean accuracy {100 * result['clean_accuracy']:.2f}%; "
              f"{result['world_size']} process(es) on {result['device']}; {result['wall_time_s']:.0f} s.",
              '']
+    lines += [f"**Warning**: {warning}" for warning in result.get('warnings', [])]
     masking = [c for c in result['sanity'] if c['check'].startswith('worst case') and c['passed'] is False]
     if masking:
         lines += ['**Gradient masking suspected**: the worst case does not fall to '
@@ -584,6 +586,18 @@ def load_samples(cfg, ctx):
     return images, labels, torch.tensor(indices, dtype=torch.int64)
 
 
+def spike_warnings(model, images, ctx, batch_size):
+    """diagnostics.diagnose on a clean pass over the sample set: a model whose output layer never
+    spikes, or that predicts one class, scores chance in every row -- say so instead."""
+    model.eval()
+    n_steps = model.settings.n_steps
+    with torch.no_grad(), SpikeMonitor(model) as monitor:
+        for start in range(0, len(images), batch_size):
+            batch = images[start:start + batch_size]
+            model(batch.unsqueeze(-1).expand(*batch.shape, n_steps).contiguous(), False)
+    return diagnose(monitor.stats(ctx), 'evaluate.py, clean test images')
+
+
 def evaluate_checkpoint(cfg, model, ckpt_path, ctx, *, suite, eps_list, threats, clamps, out_dir,
                         partner=None, partner_path=None, batch_size=None, sanity_eps=True,
                         log=print):
@@ -599,6 +613,9 @@ def evaluate_checkpoint(cfg, model, ckpt_path, ctx, *, suite, eps_list, threats,
     log(f"{ckpt_path}: {cfg['Network']['model']} network, {suite} suite, eps "
         f"{', '.join(eps_text(e) for e in eps_list)}, {ctx.world_size} process(es) on "
         f"{ctx.device} -> {out_dir}")
+    warnings = spike_warnings(model, images, ctx, batch_size or cfg['Network']['batch_size'])
+    for warning in warnings:
+        log(f"warning: {warning}")
     torch.manual_seed(cfg['DEFAULT']['seed'] + 1000 * ctx.rank)  # random starts differ per rank
     result, table = run_evaluation(
         model, images, labels, indices, ctx, suite=suite, eps_list=eps_list, threats=threats,
@@ -610,7 +627,8 @@ def evaluate_checkpoint(cfg, model, ckpt_path, ctx, *, suite, eps_list, threats,
     result = {'checkpoint': {'path': ckpt_path, 'sha256': sha256_of(ckpt_path),
                              'epoch': ckpt.get('epoch') if isinstance(ckpt, dict) else None},
               'commit': git_commit(), 'versions': versions(), 'partner': partner_path,
-              'world_size': ctx.world_size, 'device': str(ctx.device), 'config': cfg, **result}
+              'world_size': ctx.world_size, 'device': str(ctx.device), 'config': cfg,
+              'warnings': warnings, **result}
     if ctx.is_main:
         write_outputs(out_dir, result, table)
         log("worst case: " + ', '.join(

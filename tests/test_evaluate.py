@@ -180,3 +180,17 @@ def test_protocol_suite_adds_the_adaptive_worst_case(tmp_path, monkeypatch):
         assert report['partner'].endswith(os.path.join(protocol.PARTNER[name], 'best.pth'))
         assert any(r['attack'] == 'transfer-pgd' for r in report['rows'])
     assert '| worst case (quick suite) | 8/255 |' in summary['table_markdown']
+
+
+def test_a_silent_output_layer_is_warned_about_not_reported_silently(trained, tmp_path, capsys):
+    mnist_dir, ckpts = trained
+    out = tmp_path / 'dead'
+    assert run_evaluate(mnist_dir, ckpts['LIF'], out, '--suite', 'published', '--eps', '1/10',
+                        '--no-sanity-eps', '--set', 'Layers.output.threshold=1000') == 0
+    warnings = load(out)['warnings']
+    assert warnings and 'never spiked' in warnings[0]
+    assert 'never spiked' in capsys.readouterr().out + open(out / 'report.md').read()
+    healthy = tmp_path / 'healthy'
+    assert run_evaluate(mnist_dir, ckpts['LIF'], healthy, '--suite', 'published', '--eps', '1/10',
+                        '--no-sanity-eps') == 0
+    assert load(healthy)['warnings'] == []
