@@ -245,10 +245,14 @@ def run_experiment(cfg, out_dir, ctx, resume=False, workers=None, nds_out=None, 
     run_dir = open_run_directory(out_dir, ctx,
                                  checkpoint_bytes(model_without_ddp) if training else 0)
     try:
-        return _run_in_directory(cfg, out_dir, ctx, model_without_ddp, resume, workers, nds_out,
-                                 warnings, allow_config_change)
+        results = _run_in_directory(cfg, out_dir, ctx, model_without_ddp, resume, workers, nds_out,
+                                    warnings, allow_config_change)
     finally:
         run_dir.release()
+    # Rank 0 writes the run's files (the NDS among them) last: no rank may go on to what reads
+    # them (protocol.py's next stage loads the NDS) before they exist.
+    wait_for_all_ranks(ctx)
+    return results
 
 
 def _run_in_directory(cfg, out_dir, ctx, model_without_ddp, resume, workers, nds_out, warnings,
