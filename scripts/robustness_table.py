@@ -1,0 +1,163 @@
+"""Put several evaluate.py results side by side: the published-attack table and the adaptive one
+(per-sample worst case), the strongest single attacks, the sanity checks, and one plot.
+
+    python scripts/robustness_table.py --out results/fashionmnist/adaptive_full \\
+        "LIF, clean=runs/adaptive_full/lif_clean" "HoSNN, clean=runs/adaptive_full/hosnn_clean"
+
+Each argument is ``TITLE=DIR`` (or ``TITLE=DIR/robustness.json``). Writes ``tables.md`` and
+``robust_accuracy.png`` (with matplotlib) into ``--out``, and prints the tables. Only rows at the
+evaluation's own ε list are tabled (the 64/255 masking check is reported as a sanity check).
+"""
+import argparse
+import io
+import json
+import os
+import sys
+from fractions import Fraction
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from adaptive import PUBLISHED_LABEL, row_label  # noqa: E402
+from checkpoint import atomic_write, atomic_write_text  # noqa: E402
+
+PUBLISHED_PGD = 'published-pgd'
+
+
+def load(argument):
+    title, sep, path = argument.partition('=')
+    if not sep or not title or not path:
+        raise SystemExit(f"error: expected TITLE=DIR, got {argument!r}")
+    if os.path.isdir(path):
+        path = os.path.join(path, 'robustness.json')
+    try:
+        with open(path) as f:
+            return title, json.load(f)
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"error: {path}: {exc}") from None
+
+
+def percent(x):
+    return f"{100 * x:.1f}"
+
+
+def eps_list(result):
+    return sorted({r['eps'] for r in result['worst_case'] if not r.get('sanity_eps')},
+                  key=lambda e: Fraction(e))
+
+
+def group_rows(result, threat='per-step', clamp=False):
+    return [r for r in result['rows'] if r['threat'] == threat and r['clamp'] == clamp]
+
+
+def published_pgd(result, eps):
+    for row in group_rows(result):
+        if row['attack'] == PUBLISHED_PGD and row['eps'] == eps:
+            return row['accuracy']
+    return None
+
+
+def worst(result, eps):
+    for entry in result['worst_case']:
+        if entry['eps'] == eps and entry['threat'] == 'per-step' and entry['clamp'] is False:
+            return entry['accuracy']
+    return None
+
+
+def strongest_single(result, eps):
+    """The adaptive attack with the lowest accuracy of its own (Square's row is a worst case
+    after the others, so it is not a single attack)."""
+    rows = [r for r in group_rows(result) if r['eps'] == eps and r['scope'] == 'all'
+            and not r['attack'].startswith('published-')]
+    return min(rows, key=lambda r: r['accuracy'], default=None)
+
+
+def markdown(results):
+    eps = eps_list(results[0][1])
+    cell = lambda x: '–' if x is None else percent(x)  # noqa: E731
+    lines = ['## Published attack and adaptive worst case', '',
+             'Accuracy (%) on the first {} test images, per-step perturbation, not clamped. '
+             '"PGD-7 (published attack)" is the published PGD (its gradient cannot see the '
+             'adaptive threshold); "worst case" counts an image as robust only if no attack of '
+             'the suite fooled it.'.format(results[0][1]['n_samples']), '',
+             '| model | clean | ' + ' | '.join(f'PGD-7, {PUBLISHED_LABEL}, {e}' for e in eps)
+             + ' | ' + ' | '.join(f'**worst case, {e}**' for e in eps) + ' |',
+             '|---|---:|' + '---:|' * (2 * len(eps))]
+    for title, result in results:
+        lines.append(f"| {title} | {percent(result['clean_accuracy'])} | "
+                     + ' | '.join(cell(published_pgd(result, e)) for e in eps) + ' | '
+                     + ' | '.join(f"**{cell(worst(result, e))}**" for e in eps) + ' |')
+    largest = eps[-1]
+    lines += ['', f'## The strongest single attacks at {largest}', '',
+              '| model | strongest single attack | its accuracy | attacks that broke the most '
+              'images first (worst case) |', '|---|---|---:|---|']
+    for title, result in results:
+        best = strongest_single(result, largest)
+        entry = next(e for e in result['worst_case'] if e['eps'] == largest)
+        top = sorted(((n, name) for name, n in entry['broken_first'].items() if name != 'clean'),
+                     reverse=True)[:3]
+        lines.append(f"| {title} | {row_label(best) if best else '–'} | "
+                     f"{cell(best['accuracy'] if best else None)} | "
+                     + ', '.join(f"{name}: {n}" for n, name in top) + ' |')
+    lines += ['', '## Sanity checks', '', '| model | passed | failed |', '|---|---:|---|']
+    for title, result in results:
+        failed = [c['check'] + ': ' + c['detail'] for c in result['sanity'] if c['passed'] is False]
+        passed = sum(c['passed'] is True for c in result['sanity'])
+        lines.append(f"| {title} | {passed} of {len(result['sanity'])} | "
+                     f"{'; '.join(failed) if failed else 'none'} |")
+    lines += ['', '## Runs', '', '| model | checkpoint | sha256 | suite | commit | wall time |',
+              '|---|---|---|---|---|---:|']
+    for title, result in results:
+        ckpt = result['checkpoint']
+        lines.append(f"| {title} | `{ckpt['path']}` (epoch {ckpt['epoch']}) | "
+                     f"`{ckpt['sha256'][:16]}…` | {result['suite']} | `{result['commit'][:7]}` | "
+                     f"{result['wall_time_s'] / 60:.1f} min |")
+    return '\n'.join(lines) + '\n'
+
+
+def plot(results):
+    try:
+        import matplotlib
+        matplotlib.use('Agg')
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    colours = plt.rcParams['axes.prop_cycle'].by_key()['color']
+    for (title, result), colour in zip(results, colours * 4):
+        eps = eps_list(result)
+        xs = [float(Fraction(e)) * 255 for e in eps]
+        published = [published_pgd(result, e) for e in eps]
+        if None not in published:
+            ax.plot(xs, [100 * p for p in published], ':', marker='.', color=colour,
+                    label=f'{title}: PGD-7, {PUBLISHED_LABEL}')
+        ax.plot(xs, [100 * worst(result, e) for e in eps], '-', marker='o', linewidth=2,
+                color=colour, label=f'{title}: worst case')
+    ax.set_xlabel('ε × 255 (pixels)')
+    ax.set_ylabel('accuracy (%)')
+    ax.set_ylim(-2, 102)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc='upper left', bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format='png', dpi=110, bbox_inches='tight')
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('runs', nargs='+', help='TITLE=DIR of an evaluate.py output')
+    parser.add_argument('--out', required=True, help='folder for tables.md and robust_accuracy.png')
+    args = parser.parse_args(argv)
+    results = [load(argument) for argument in args.runs]
+    text = markdown(results)
+    os.makedirs(args.out, exist_ok=True)
+    atomic_write_text(os.path.join(args.out, "tables.md"), text)
+    png = plot(results)
+    if png is not None:
+        atomic_write(os.path.join(args.out, 'robust_accuracy.png'), lambda f: f.write(png))
+    print(text)
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
