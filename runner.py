@@ -24,7 +24,7 @@ from attack import Normalization, attack_bounds, training_attack
 from checkpoint import (CheckpointError, check_resumable, load_checkpoint, load_weights,
                         rederived_rng_seed, rng_states, set_rng_states)
 from config import (ConfigError, attack_strengths, config_path_for_dataset, input_shape, load_config,
-                    train_epsilon)
+                    resolve, train_epsilon)
 from datasets import DATASETS, DatasetNotFound, build_datasets
 from diagnostics import SpikeMonitor, diagnose
 from distributed import (LaunchError, ShardSampler, all_gather_object, broadcast_buffers,
@@ -180,7 +180,13 @@ RESUME_FREE_KEYS = ('Network.epochs',)
 
 
 def config_changes(saved, current):
-    """``{key: (saved value, current value)}`` for every key that differs."""
+    """``{key: (saved value, current value)}`` for every key that differs. The saved config is
+    completed with today's defaults first, so a key added since it was written (e.g.
+    ``ATTACK.ft_gradient``) counts as changed only when it is set to something else."""
+    try:
+        saved = resolve(saved)[0]
+    except ConfigError:
+        pass  # a config this version no longer accepts: compare it as saved (the keys will differ)
     old, new = flatten_config(saved), flatten_config(current)
     return {key: (old.get(key), new.get(key)) for key in sorted(set(old) | set(new))
             if key not in RESUME_IGNORED_KEYS and old.get(key) != new.get(key)}

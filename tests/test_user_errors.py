@@ -168,3 +168,26 @@ def test_outputs_are_0644_under_umask_022(mnist_dir, tmp_path, capsys):
         os.umask(old)
     for name in ('config.yaml', 'results.json', 'last.pth', 'best.pth', 'nds.pt'):
         assert stat.S_IMODE(os.stat(os.path.join(out, name)).st_mode) == 0o644, name
+
+
+def test_resume_a_run_saved_before_a_key_existed(mnist_dir, tmp_path, capsys):
+    """A last.pth written by an older version lacks keys added since (ATTACK.ft_gradient): its
+    default is not a config change, so --resume needs no --allow-config-change; setting the new
+    key to something else still is one."""
+    import torch
+    out = str(tmp_path / 'run')
+    common = ['--out', out, *settings(mnist_dir, 'DEFAULT.advtest=false')]
+    assert run(common, capsys)[0] == 0
+    last = os.path.join(out, 'last.pth')
+    state = torch.load(last, weights_only=True)
+    del state['config']['ATTACK']['ft_gradient']
+    torch.save(state, last)
+
+    longer = common + ['--resume', '--set', 'Network.epochs=2']
+    assert run(longer, capsys)[0] == 0
+    (change,) = _results(out)['config_changes']
+    assert set(change['changes']) == {'Network.epochs'}
+
+    other = longer + ['--set', 'Network.epochs=3', '--set', 'ATTACK.ft_gradient=bptt:sigmoid']
+    err = one_line_error(*run(other, capsys)[:2])
+    assert "ATTACK.ft_gradient: 'published' -> 'bptt:sigmoid'" in err
