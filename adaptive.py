@@ -606,6 +606,7 @@ def evaluate_checkpoint(cfg, model, ckpt_path, ctx, *, suite, eps_list, threats,
     from checkpoint import load_checkpoint
     from datasets import NORMALISATION
     from distributed import all_gather_object, all_reduce_sum
+    commit = git_commit()  # now: the code of this run, not what the tree holds when it ends
     images, labels, indices = load_samples(cfg, ctx)
     dtype = next(model.parameters()).dtype
     images, labels = images.to(ctx.device, dtype), labels.to(ctx.device)
@@ -626,7 +627,7 @@ def evaluate_checkpoint(cfg, model, ckpt_path, ctx, *, suite, eps_list, threats,
     ckpt = load_checkpoint(ckpt_path)
     result = {'checkpoint': {'path': ckpt_path, 'sha256': sha256_of(ckpt_path),
                              'epoch': ckpt.get('epoch') if isinstance(ckpt, dict) else None},
-              'commit': git_commit(), 'versions': versions(), 'partner': partner_path,
+              'commit': commit, 'versions': versions(), 'partner': partner_path,
               'world_size': ctx.world_size, 'device': str(ctx.device), 'config': cfg,
               'warnings': warnings, **result}
     if ctx.is_main:
