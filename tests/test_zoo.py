@@ -1,0 +1,74 @@
+"""The Fashion-MNIST model zoo matches its card (checkpoints/fashionmnist/README.md): every file's
+sha256 and epoch, a strict load into the network the card names, and (slow, with the Debian
+Fashion-MNIST) the card's clean accuracy on all 10 000 test images, exactly."""
+import hashlib
+import json
+import os
+import re
+
+import pytest
+
+import main
+from checkpoint import load_checkpoint
+from config import load_config
+from runner import build_model
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ZOO = os.path.join(ROOT, 'checkpoints', 'fashionmnist')
+SYSTEM_FASHION_MNIST = '/usr/share/datasets/fashion-mnist'
+# | `file.pth` | model | epoch | `sha256` | clean (10k) | ...
+CARD_ROW = re.compile(r'^\| `(?P<file>[\w.]+\.pth)` \| (?P<model>[^|]+) \| (?P<epoch>\d+) \| '
+                      r'`(?P<sha256>[0-9a-f]{64})` \| (?P<clean>[\d.]+) \|')
+
+
+def card_rows():
+    with open(os.path.join(ZOO, 'README.md')) as f:
+        rows = [m.groupdict() for m in map(CARD_ROW.match, f) if m]
+    assert rows, 'no model rows found in the card'
+    return rows
+
+
+def neuron(row):
+    return 'LIF' if row['model'].strip().startswith('LIF') else 'ALIF'
+
+
+def sha256(path):
+    with open(path, 'rb') as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+@pytest.mark.parametrize('row', card_rows(), ids=lambda row: row['file'])
+def test_checkpoint_matches_its_card(row):
+    path = os.path.join(ZOO, row['file'])
+    assert sha256(path) == row['sha256']
+    checkpoint = load_checkpoint(path)  # weights only
+    assert set(checkpoint) == {'net', 'epoch'} and checkpoint['epoch'] == int(row['epoch'])
+    assert all(key.startswith('module.') for key in checkpoint['net'])
+    cfg, _ = load_config(os.path.join(ROOT, 'networks', 'FashionMNIST.yaml'),
+                         [f"Network.model={neuron(row)}"])
+    build_model(cfg, ckpt=path)  # strict: a missing or extra tensor raises
+
+
+def test_nds_file_matches_its_card():
+    with open(os.path.join(ZOO, 'README.md')) as f:
+        card = f.read()
+    nds = os.path.join(ROOT, 'spikedata', 'fashionmnist', 'lif_clean_nds.pt')
+    assert sha256(nds) in card
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.isdir(SYSTEM_FASHION_MNIST),
+                    reason='Debian package dataset-fashion-mnist not installed')
+@pytest.mark.parametrize('row', card_rows(), ids=lambda row: row['file'])
+def test_clean_accuracy_reproduces_the_card(row, tmp_path):
+    """The card's reproduce command (main.py on the checkpoint, no attack) gives its number."""
+    out = tmp_path / 'run'
+    code = main.main(['-d', '3', '--set', f"Network.model={neuron(row)}",
+                      '--set', 'DEFAULT.cleantrain=false', '--set', 'ATTACK.strength=[]',
+                      '--set', f"DEFAULT.ckpt={os.path.join(ZOO, row['file'])}",
+                      '--set', f'Network.data_path={tmp_path / "data"}', '--out', str(out)])
+    assert code == 0
+    with open(out / 'results.json') as f:
+        (clean,) = json.load(f)['robustness']
+    assert clean['n_samples'] == 10000
+    assert f"{100 * clean['accuracy']:.2f}" == row['clean']
