@@ -138,26 +138,26 @@ def _socket_timeout(seconds):
 
 
 def _not_found_message(spec, data_path, searched, download, download_error):
-    lines = [f'{spec.name} data set not found. Searched, in this order:']
-    for directory, missing in searched:
-        state = ('does not exist' if not os.path.isdir(directory)
-                 else f'missing {", ".join(missing)}')
-        lines.append(f'  {directory}: {state}')
+    """One line (a user error is one line): where it looked, what the download did, what to do."""
+    places = [f"{directory} ({'does not exist' if not os.path.isdir(directory) else 'missing ' + ', '.join(missing)})"
+              for directory, missing in searched]
+    parts = [f"{spec.name} data set not found; searched, in this order: {'; '.join(places)}"]
     if not os.path.isabs(data_path):
-        lines.append(f'(relative paths are relative to the current directory, {os.getcwd()})')
+        parts.append(f'relative paths are relative to the current directory, {os.getcwd()}')
     if not download:
-        lines.append('Download was not attempted (download=False).')
+        parts.append('download was not attempted (download=False)')
     elif download_error is None:
-        lines.append(f'Download into {data_path} finished, but the files are still not there.')
+        parts.append(f'download into {data_path} finished, but the files are still not there')
     else:
-        lines.append(f'Download into {data_path} failed: {type(download_error).__name__}: {str(download_error).strip()}')
+        reason = ' '.join(str(download_error).split())
+        parts.append(f'download into {data_path} failed: {type(download_error).__name__}: {reason}')
     if spec.gzip_ok:
         wanted = ', '.join(f + '.gz' for f in spec.files) + ' (gzipped or not)'
     else:
         wanted = ', '.join(spec.files)
     where = data_path if not spec.folder else f'{data_path} (or {os.path.join(data_path, spec.folder)})'
-    lines.append(f'Put {wanted} into {where}; they come from {spec.source}.')
-    return '\n'.join(lines)
+    parts.append(f'put {wanted} into {where}; they come from {spec.source}')
+    return '. '.join(part[0].upper() + part[1:] for part in parts) + '.'
 
 
 def _keep_first(dataset, n):
