@@ -24,12 +24,9 @@ for a correct attack) and classified again by the plain model under ``no_grad``:
 *fooled* only if that prediction is wrong. Rows, the worst case and per_sample.npz all come from
 these verified predictions.
 """
-import hashlib
 import io
 import json
 import os
-import platform
-import subprocess
 import time
 from fractions import Fraction
 
@@ -41,6 +38,8 @@ from layers.bptt import PUBLISHED, SURROGATES, gradient_path_name, use_gradient_
 from adaptive_attacks import LOSSES, AttackSpec, ThreatModel, class_scores, eps_text, run_attack
 from attack import ATTACKS, Normalization
 from diagnostics import SpikeMonitor, diagnose
+from provenance import git_commit, sha256_of, versions
+
 SUITES = ('published', 'quick', 'full')
 PUBLISHED_LABEL = 'published attack'
 SANITY_EPS = Fraction(64, 255)  # the worst case must fall to <= 1% here, else masking is suspected
@@ -48,7 +47,6 @@ SANITY_MAX_ACCURACY = 0.01
 ZERO_GRADIENT_MAX_SHARE = 0.10  # more images than this with an exactly-zero input gradient fails
 BLACK_BOX_MAX_EXTRA = 0.01      # Square may break at most this share of images white-box missed
 PUBLISHED_ATTACKS = ('fgsm', 'rfgsm', 'pgd', 'bim')  # the published test, in its order
-ROOT = os.path.dirname(os.path.abspath(__file__))
 
 # --- the suite ----------------------------------------------------------------------------------
 
@@ -336,38 +334,6 @@ def sanity_checks(rows, worst, zero_shares):
 
 
 # --- provenance and reports ---------------------------------------------------------------------
-
-def sha256_of(path):
-    digest = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for block in iter(lambda: f.read(1 << 20), b''):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def git_commit():
-    """HEAD of the repository (``+dirty`` with uncommitted changes to tracked files), or None."""
-    try:
-        head = subprocess.run(['git', 'rev-parse', 'HEAD'], cwd=ROOT, capture_output=True,
-                              text=True, timeout=10)
-        if head.returncode != 0:
-            return None
-        dirty = subprocess.run(['git', 'status', '--porcelain', '--untracked-files=no'], cwd=ROOT,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-        return head.stdout.strip() + ('+dirty' if dirty else '')
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def versions():
-    found = {'python': platform.python_version(), 'torch': torch.__version__, 'numpy': np.__version__}
-    try:
-        import torchattacks
-        found['torchattacks'] = torchattacks.__version__
-    except ImportError:
-        found['torchattacks'] = None
-    return found
-
 
 def per_sample_arrays(rows, table, worst):
     """The per_sample.npz payload: plain arrays only (loadable with ``allow_pickle=False``)."""

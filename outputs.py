@@ -13,6 +13,7 @@ from checkpoint import atomic_write, atomic_write_text, remove_stale_temporaries
 from config import dump_config
 from diagnostics import format_rate
 from layers.network import OUTPUT_LAYER
+from provenance import git_commit, versions
 
 
 class RunOutputs:
@@ -29,6 +30,10 @@ class RunOutputs:
         }
         self._writer = None
         if self.active:
+            # Per launch: a resumed run may continue on another commit or machine.
+            self.results.setdefault('launches', []).append({
+                'started': time.strftime('%Y-%m-%d %H:%M:%S'), 'commit': git_commit(),
+                'versions': versions(), 'world_size': ctx.world_size, 'device': str(ctx.device)})
             os.makedirs(out_dir, exist_ok=True)
             if resume:
                 remove_stale_temporaries(out_dir)  # a kill during a save leaves one behind

@@ -191,3 +191,17 @@ def test_resume_a_run_saved_before_a_key_existed(mnist_dir, tmp_path, capsys):
     other = longer + ['--set', 'Network.epochs=3', '--set', 'ATTACK.ft_gradient=bptt:sigmoid']
     err = one_line_error(*run(other, capsys)[:2])
     assert "ATTACK.ft_gradient: 'published' -> 'bptt:sigmoid'" in err
+
+
+def test_results_record_each_launch(mnist_dir, tmp_path, capsys):
+    """results.json says which code ran: one entry per launch (a resumed run may continue on
+    another commit), with the commit, the library versions and the number of processes."""
+    out = str(tmp_path / 'run')
+    common = ['--out', out, *settings(mnist_dir, 'DEFAULT.advtest=false')]
+    assert run(common, capsys)[0] == 0
+    assert run(common + ['--resume', '--set', 'Network.epochs=2'], capsys)[0] == 0
+    launches = _results(out)['launches']
+    assert len(launches) == 2
+    for launch in launches:
+        assert launch['world_size'] == 1 and launch['versions']['torch'] == torch.__version__
+        assert launch['commit'] is None or len(launch['commit'].split('+')[0]) == 40
