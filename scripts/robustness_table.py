@@ -71,6 +71,29 @@ def strongest_single(result, eps):
     return min(rows, key=lambda r: r['accuracy'], default=None)
 
 
+def sweep_table(results, eps):
+    """PGD-CE-10 at ``eps`` under each gradient path of the suite's sweep: how much an attack's
+    strength depends on the backward it differentiates."""
+    def sweep(result):
+        return {r['gradient']: r['accuracy'] for r in group_rows(result)
+                if r['attack'] == 'pgd' and r['loss'] == 'ce' and r['steps'] == 10
+                and r['eps'] == eps and r['path_choice'] == 'fixed'}
+    sweeps = [sweep(result) for _, result in results]
+    paths = list(dict.fromkeys(path for found in sweeps for path in found))
+    if len(paths) < 2:
+        return []
+    lines = ['', f'## Gradient paths: PGD-CE, 10 steps, at {eps}', '',
+             'Accuracy (%) under the same attack differentiated through each backward '
+             '(`published` = the published backward; `bptt:<surrogate>:<sharpness>` = exact BPTT '
+             'through membrane, reset and threshold).', '',
+             '| gradient | ' + ' | '.join(title for title, _ in results) + ' |',
+             '|---|' + '---:|' * len(results)]
+    for path in paths:
+        cells = [percent(found[path]) if path in found else '–' for found in sweeps]
+        lines.append(f'| {path} | ' + ' | '.join(cells) + ' |')
+    return lines
+
+
 def markdown(results):
     eps = eps_list(results[0][1])
     cell = lambda x: '–' if x is None else percent(x)  # noqa: E731
@@ -98,6 +121,7 @@ def markdown(results):
         lines.append(f"| {title} | {row_label(best) if best else '–'} | "
                      f"{cell(best['accuracy'] if best else None)} | "
                      + ', '.join(f"{name}: {n}" for n, name in top) + ' |')
+    lines += sweep_table(results, largest)
     lines += ['', '## Sanity checks', '', '| model | passed | failed |', '|---|---:|---|']
     for title, result in results:
         failed = [c['check'] + ': ' + c['detail'] for c in result['sanity'] if c['passed'] is False]

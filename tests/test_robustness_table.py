@@ -18,7 +18,9 @@ def result(pgd, adaptive, worst):
     rows, worst_case = [], []
     for eps, p, a, w in zip(('2/255', '8/255'), pgd, adaptive, worst):
         rows += [row('published-pgd', eps, p), row('published-fgsm', eps, p + 0.1, steps=1),
-                 row('apgd-ce', eps, a, gradient='bptt:fast-sigmoid:5', loss='ce', steps=50)]
+                 row('apgd-ce', eps, a, gradient='bptt:fast-sigmoid:5', loss='ce', steps=50),
+                 row('pgd', eps, p - 0.05, loss='ce', steps=10),
+                 row('pgd', eps, a + 0.05, gradient='bptt:sigmoid:5', loss='ce', steps=10)]
         worst_case.append({'eps': eps, 'threat': 'per-step', 'clamp': False, 'accuracy': w,
                            'n_samples': 10, 'broken_first': {'clean': 1, 'apgd-ce': 3},
                            'sanity_eps': False})
@@ -47,6 +49,7 @@ def test_tables(tmp_path):
     assert '| HoSNN | 90.0 | 85.0 | 70.0 | **40.0** | **10.0** |' in text
     assert 'apgd-ce [bptt:fast-sigmoid:5, ce, 50x1] | 20.0' in text
     assert '| LIF | 1 of 3 | b: masking |' in text
+    assert '| published | 45.0 | 65.0 |' in text and '| bptt:sigmoid:5 | 45.0 | 25.0 |' in text
     assert '64/255' not in text.split('## Sanity')[0]  # the masking-check ε is not tabled
 
 
