@@ -447,12 +447,24 @@ def plot_png(result):
                        if (e['threat'], e['clamp']) == (threat, clamp))
         ax.plot([p[0] * 255 for p in worst], [100 * p[1] for p in worst], 'k-', marker='o',
                 linewidth=2.5, label='worst case (all attacks)')
-        ax.set_xlabel('ε × 255 (pixels)')
-        ax.set_ylabel('accuracy (%)')
-        ax.set_ylim(-2, 102)
         ax.set_title(f"{threat}, clamp={str(clamp).lower()}")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=6, loc='upper left', bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+        finish_accuracy_axes(ax, legend_fontsize=6)
+    return figure_png(fig)
+
+
+def finish_accuracy_axes(ax, legend_fontsize):
+    """Axis labels, range, grid and an outside legend of an accuracy-against-ε panel."""
+    ax.set_xlabel('ε × 255 (pixels)')
+    ax.set_ylabel('accuracy (%)')
+    ax.set_ylim(-2, 102)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=legend_fontsize, loc='upper left', bbox_to_anchor=(1.01, 1.0),
+              borderaxespad=0)
+
+
+def figure_png(fig):
+    """The figure as PNG bytes (written atomically by the caller); the figure is closed."""
+    import matplotlib.pyplot as plt
     buffer = io.BytesIO()
     fig.savefig(buffer, format='png', dpi=110, bbox_inches='tight')
     plt.close(fig)

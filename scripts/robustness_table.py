@@ -9,7 +9,6 @@ Each argument is ``TITLE=DIR`` (or ``TITLE=DIR/robustness.json``). Writes ``tabl
 evaluation's own ε list are tabled (the 64/255 masking check is reported as a sanity check).
 """
 import argparse
-import io
 import json
 import os
 import sys
@@ -17,7 +16,7 @@ from fractions import Fraction
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from adaptive import PUBLISHED_LABEL, row_label  # noqa: E402
+from adaptive import PUBLISHED_LABEL, figure_png, finish_accuracy_axes, row_label  # noqa: E402
 from checkpoint import atomic_write, atomic_write_text  # noqa: E402
 
 PUBLISHED_PGD = 'published-pgd'
@@ -156,15 +155,8 @@ def plot(results):
                     label=f'{title}: PGD-7, {PUBLISHED_LABEL}')
         ax.plot(xs, [100 * worst(result, e) for e in eps], '-', marker='o', linewidth=2,
                 color=colour, label=f'{title}: worst case')
-    ax.set_xlabel('ε × 255 (pixels)')
-    ax.set_ylabel('accuracy (%)')
-    ax.set_ylim(-2, 102)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc='upper left', bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format='png', dpi=110, bbox_inches='tight')
-    plt.close(fig)
-    return buffer.getvalue()
+    finish_accuracy_axes(ax, legend_fontsize=7)
+    return figure_png(fig)
 
 
 def main(argv=None):
