@@ -127,6 +127,12 @@ def markdown(results):
         passed = sum(c['passed'] is True for c in result['sanity'])
         lines.append(f"| {title} | {passed} of {len(result['sanity'])} | "
                      f"{'; '.join(failed) if failed else 'none'} |")
+    # evaluate.py's spike diagnostics (a silent output layer, one-class predictions): a table of
+    # such a model's numbers must not read as a result
+    warned = [f"- **warning ({title})**: {w}" for title, result in results
+              for w in result.get('warnings', [])]
+    if warned:
+        lines += [''] + warned
     lines += ['', '## Runs', '', '| model | checkpoint | sha256 | suite | commit | wall time |',
               '|---|---|---|---|---|---:|']
     for title, result in results:
