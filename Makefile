@@ -43,7 +43,7 @@ demo: $(INSTALLED)
 	  --lif-epochs 1 --hosnn-epochs 1 --ft-epochs 1 --set DEFAULT.test_samples=1000
 
 bench: $(INSTALLED)
-	$(PY) bench.py
+	$(PY) scripts/bench.py
 
 clean:
 	rm -rf $(DEMO_OUT) .pytest_cache

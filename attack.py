@@ -19,7 +19,7 @@ from typing import Callable
 
 import torch
 
-from adaptive_attacks import registry_attack  # issue 9: random starts, BPTT gradients, torchattacks
+from robustness.adaptive_attacks import registry_attack  # issue 9: random starts, BPTT gradients, torchattacks
 from layers import attack_loss
 
 

@@ -15,7 +15,7 @@ from layers import (ConfigError, NetworkSettings, layer_shapes, parse_gradient_p
 from layers.bptt import PUBLISHED as PUBLISHED_GRADIENT
 from layers.config_keys import get_bool, get_choice, get_number, get_pair, read_fraction, show
 from attack import FT_METHODS  # ATTACK.ft_method: the attacks of usage 'train' (attack.ATTACKS)
-from paths import PROJECT_ROOT, resolve_input_path
+from runtime.paths import PROJECT_ROOT, resolve_input_path
 
 SECTIONS = ('DEFAULT', 'Network', 'ATTACK', 'Layers')
 DTYPES = ('float32', 'float64')

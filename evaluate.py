@@ -15,11 +15,11 @@ import copy
 import os
 import sys
 
-import adaptive
-import adaptive_attacks
-from checkpoint import load_checkpoint
+from robustness import adaptive
+from robustness import adaptive_attacks
+from runtime.checkpoint import load_checkpoint
 from config import ConfigError, apply_overrides, load_config, resolve
-from runner import add_config_arguments, build_model, config_from_args, run_cli, seed_everything
+from training.runner import add_config_arguments, build_model, config_from_args, run_cli, seed_everything
 
 CLAMP_CHOICES = ('config', 'true', 'false', 'both')
 

@@ -14,7 +14,7 @@ import re
 import sys
 
 from config import ConfigError
-from runner import add_config_arguments, config_from_args, default_run_name, run_cli, run_experiment
+from training.runner import add_config_arguments, config_from_args, default_run_name, run_cli, run_experiment
 
 
 def get_args_parser():

@@ -24,14 +24,14 @@ import sys
 import time
 from fractions import Fraction
 
-import adaptive
-import adaptive_attacks
+from robustness import adaptive
+from robustness import adaptive_attacks
 from attack import Normalization, attack_bounds, attacks_for, training_attack
 from config import ConfigError, attack_strengths
-from diagnostics import SpikeMonitor, diagnose, format_rate
-from engine import accuracy_under_attack
-from outputs import RunOutputs
-from runner import (add_config_arguments, build_loaders, build_model, config_from_args, run_cli,
+from training.diagnostics import SpikeMonitor, diagnose, format_rate
+from training.engine import accuracy_under_attack
+from runtime.outputs import RunOutputs
+from training.runner import (add_config_arguments, build_loaders, build_model, config_from_args, run_cli,
                     run_experiment, seed_everything)
 
 MODELS = ('lif_clean', 'hosnn_clean', 'lif_ft', 'hosnn_ft')

@@ -16,10 +16,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from attack import ATTACKS, Normalization, attack_bounds, iterative_attack  # noqa: E402
-from checkpoint import load_checkpoint, load_weights  # noqa: E402
+from runtime.checkpoint import load_checkpoint, load_weights  # noqa: E402
 from config import input_shape  # noqa: E402
 from datasets import build_datasets  # noqa: E402
-from engine import time_expand  # noqa: E402
+from training.engine import time_expand  # noqa: E402
 from layers import Network, predict  # noqa: E402
 from protocol import MODELS  # noqa: E402
 

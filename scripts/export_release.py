@@ -16,7 +16,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from checkpoint import CheckpointError, atomic_write, first_nonfinite, load_checkpoint  # noqa: E402
+from runtime.checkpoint import CheckpointError, atomic_write, first_nonfinite, load_checkpoint  # noqa: E402
 
 
 def export(source, target):

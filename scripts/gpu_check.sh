@@ -21,9 +21,9 @@ $PY -m pytest -q -p no:cacheprovider tests/test_golden.py tests/test_neuron.py t
   tests/test_speed_paths.py 2>&1 | tail -5 | tee "$OUT/golden.txt" || status=1
 
 echo "== bench"
-$PY bench.py --device cuda --batch 64,64 --json "$OUT/bench.json" 2>&1 | tee "$OUT/bench.txt" || status=1
+$PY scripts/bench.py --device cuda --batch 64,64 --json "$OUT/bench.json" 2>&1 | tee "$OUT/bench.txt" || status=1
 echo "== bench without the Triton kernels"
-HOSNN_NO_TRITON=1 $PY bench.py --device cuda --batch 64,64 --no-memory --json "$OUT/bench_plain.json" \
+HOSNN_NO_TRITON=1 $PY scripts/bench.py --device cuda --batch 64,64 --no-memory --json "$OUT/bench_plain.json" \
   2>&1 | tee "$OUT/bench_plain.txt" || status=1
 
 echo "== one CIFAR10 epoch (torchrun, NCCL)"

@@ -16,8 +16,8 @@ from fractions import Fraction
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from adaptive import PUBLISHED_LABEL, figure_png, finish_accuracy_axes, row_label  # noqa: E402
-from checkpoint import atomic_write, atomic_write_text  # noqa: E402
+from robustness.adaptive import PUBLISHED_LABEL, figure_png, finish_accuracy_axes, row_label  # noqa: E402
+from runtime.checkpoint import atomic_write, atomic_write_text  # noqa: E402
 
 PUBLISHED_PGD = 'published-pgd'
 

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-import adaptive
-import adaptive_attacks
-from adaptive_attacks import ThreatModel
-from distributed import DistContext
+from robustness import adaptive
+from robustness import adaptive_attacks
+from robustness.adaptive_attacks import ThreatModel
+from runtime.distributed import DistContext
 from layers import Network, predict
 
 N_STEPS, N_CLASS = 5, 4

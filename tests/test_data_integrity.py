@@ -349,7 +349,7 @@ def test_importing_datasets_needs_no_torchvision():
 
 def test_data_errors_are_user_errors():
     try:  # where run_cli lives
-        from runner import USER_ERRORS
+        from training.runner import USER_ERRORS
     except ImportError:
         from main import USER_ERRORS
     assert issubclass(DatasetError, DatasetNotFound) and issubclass(DatasetError, ValueError)

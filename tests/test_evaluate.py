@@ -12,7 +12,7 @@ import pytest
 
 import evaluate
 import main
-import runner
+from training import runner
 from conftest import ROOT
 from fixtures import write_mnist_like
 

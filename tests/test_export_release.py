@@ -5,7 +5,7 @@ import sys
 
 import torch
 
-from checkpoint import save_checkpoint
+from runtime.checkpoint import save_checkpoint
 from conftest import ROOT
 from test_adaptive_training import small_alif
 

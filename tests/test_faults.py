@@ -15,13 +15,13 @@ import tempfile
 import pytest
 import torch
 
-import checkpoint
-import guards
-import rundir
-from checkpoint import (CheckpointError, OutputError, atomic_write_text,
+from runtime import checkpoint
+from training import guards
+from runtime import rundir
+from runtime.checkpoint import (CheckpointError, OutputError, atomic_write_text,
                         check_resumable, load_checkpoint, save_checkpoint)
 from conftest import ROOT
-from distributed import DistContext
+from runtime.distributed import DistContext
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -344,7 +344,7 @@ def finite_checkpoints(out):
 
 def _nan_loss_at(monkeypatch, bad_step):
     """Make the loss of the ``bad_step``-th training step (counting from 0 over the run) NaN."""
-    import engine
+    from training import engine
     calls = {'n': 0}
     real = engine.compute_loss
 

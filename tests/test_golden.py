@@ -6,7 +6,7 @@ import torch
 
 from attack import ATTACKS, Normalization
 from conftest import ROOT, load_golden
-from engine import build_optimizer, train_step
+from training.engine import build_optimizer, train_step
 from layers import Network, compute_loss
 
 RTOL, ATOL = 1e-6, 1e-9

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 import main
-import runner
-from checkpoint import load_checkpoint
+from training import runner
+from runtime.checkpoint import load_checkpoint
 from conftest import ROOT, load_golden
 from fixtures import write_mnist_like
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import protocol
-from checkpoint import load_checkpoint
+from runtime.checkpoint import load_checkpoint
 from fixtures import write_mnist_like
 
 N_TEST = 21

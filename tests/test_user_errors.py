@@ -10,8 +10,8 @@ import pytest
 import torch
 
 import main
-import runner
-from checkpoint import load_checkpoint, save_checkpoint
+from training import runner
+from runtime.checkpoint import load_checkpoint, save_checkpoint
 from config import load_config
 from test_main import mnist_dir, settings  # noqa: F401 (fixture)
 

@@ -9,9 +9,9 @@ import re
 import pytest
 
 import main
-from checkpoint import load_checkpoint
+from runtime.checkpoint import load_checkpoint
 from config import load_config
-from runner import build_model
+from training.runner import build_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ZOO = os.path.join(ROOT, 'checkpoints', 'fashionmnist')

@@ -20,7 +20,7 @@ gradient are not.
 """
 import torch
 
-from distributed import all_reduce_sum
+from runtime.distributed import all_reduce_sum
 from layers import predict
 from layers.network import OUTPUT_LAYER
 from layers.spiking import SpikingLayer

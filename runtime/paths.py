@@ -6,7 +6,7 @@ the file names it is given, already resolved by the config loader (``config.reso
 """
 import os
 
-PROJECT_ROOT = os.path.dirname(os.path.abspath(__file__))
+PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def resolve_input_path(path):

@@ -1,6 +1,6 @@
 """Speed and memory of the spiking networks against the equivalent ANN work, in one process.
 
-    .venv/bin/python bench.py [--nets mnist,cifar10] [--models LIF,ALIF] [--batch 64,16]
+    .venv/bin/python scripts/bench.py [--nets mnist,cifar10] [--models LIF,ALIF] [--batch 64,16]
                               [--device cpu|cuda] [--dtype float32] [--repeats N] [--warmup N]
                               [--steps train,attack] [--threads N] [--no-memory] [--json PATH]
 
@@ -55,14 +55,14 @@ import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-ROOT = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 from attack import input_gradient  # noqa: E402
-from checkpoint import atomic_write_text  # noqa: E402
+from runtime.checkpoint import atomic_write_text  # noqa: E402
 from config import input_shape, load_config  # noqa: E402
-from engine import build_optimizer, train_step  # noqa: E402
+from training.engine import build_optimizer, train_step  # noqa: E402
 from layers import Network  # noqa: E402
 from layers.network import output_batch_norm  # noqa: E402
 from layers.neuron_registry import NEURONS, neuron_by_title  # noqa: E402

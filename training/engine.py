@@ -8,8 +8,8 @@ import time
 import torch
 
 from attack import ATTACKS, attacks_for
-from diagnostics import SpikeMonitor, diagnose
-from distributed import all_reduce_sum
+from training.diagnostics import SpikeMonitor, diagnose
+from runtime.distributed import all_reduce_sum
 from layers import compute_loss, predict, use_gradient_path
 
 GRAD_CLIP_NORM = 1.0

@@ -21,19 +21,19 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from attack import Normalization, attack_bounds, training_attack
-from checkpoint import (CheckpointError, check_resumable, load_checkpoint, load_weights,
+from runtime.checkpoint import (CheckpointError, check_resumable, load_checkpoint, load_weights,
                         rederived_rng_seed, rng_states, set_rng_states)
 from config import (ConfigError, attack_strengths, config_path_for_dataset, input_shape, load_config,
                     resolve, train_epsilon)
 from datasets import DATASETS, DatasetNotFound, build_datasets
-from diagnostics import SpikeMonitor, diagnose
-from distributed import (LaunchError, ShardSampler, all_gather_object, broadcast_buffers,
+from training.diagnostics import SpikeMonitor, diagnose
+from runtime.distributed import (LaunchError, ShardSampler, all_gather_object, broadcast_buffers,
                          cleanup_distributed, init_distributed, wait_for_all_ranks)
-from engine import adversarial_test, build_optimizer, evaluate, record_nds, train_one_epoch
-from guards import TrainingDiverged, TrainingGuard
+from training.engine import adversarial_test, build_optimizer, evaluate, record_nds, train_one_epoch
+from training.guards import TrainingDiverged, TrainingGuard
 from layers import Network, gradient_path_name, parse_gradient_path
-from outputs import RunOutputs
-from rundir import checkpoint_bytes, open_run_directory
+from runtime.outputs import RunOutputs
+from runtime.rundir import checkpoint_bytes, open_run_directory
 
 USER_ERRORS = (ConfigError, CheckpointError, DatasetNotFound, TrainingDiverged, LaunchError)
 EXIT_USER_ERROR = 2

@@ -35,10 +35,10 @@ import torch
 
 from layers.bptt import PUBLISHED, SURROGATES, gradient_path_name, use_gradient_path
 
-from adaptive_attacks import LOSSES, AttackSpec, ThreatModel, class_scores, eps_text, run_attack
+from robustness.adaptive_attacks import LOSSES, AttackSpec, ThreatModel, class_scores, eps_text, run_attack
 from attack import ATTACKS, Normalization
-from diagnostics import SpikeMonitor, diagnose
-from provenance import git_commit, sha256_of, versions
+from training.diagnostics import SpikeMonitor, diagnose
+from runtime.provenance import git_commit, sha256_of, versions
 
 SUITES = ('published', 'quick', 'full')
 PUBLISHED_LABEL = 'published attack'
@@ -531,7 +531,7 @@ def run_evaluation(model, images, labels, indices, ctx, *, suite, eps_list, thre
 def write_outputs(out_dir, result, table):
     """robustness.json, per_sample.npz, report.md and robust_accuracy.png into ``out_dir``, each
     written atomically (call on rank 0 only)."""
-    from checkpoint import atomic_write, atomic_write_text
+    from runtime.checkpoint import atomic_write, atomic_write_text
     os.makedirs(out_dir, exist_ok=True)
     png = plot_png(result)
     if png is None:
@@ -581,9 +581,9 @@ def evaluate_checkpoint(cfg, model, ckpt_path, ctx, *, suite, eps_list, threats,
                         log=print):
     """evaluate.py's work for one model (also used by protocol.py --suite): the sample shard,
     the suite, and on rank 0 the output files. Returns the result (robustness.json's content)."""
-    from checkpoint import load_checkpoint
+    from runtime.checkpoint import load_checkpoint
     from datasets import NORMALISATION
-    from distributed import all_gather_object, all_reduce_sum
+    from runtime.distributed import all_gather_object, all_reduce_sum
     commit = git_commit()  # now: the code of this run, not what the tree holds when it ends
     images, labels, indices = load_samples(cfg, ctx)
     dtype = next(model.parameters()).dtype

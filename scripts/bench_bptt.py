@@ -1,7 +1,7 @@
 """Speed of the exact-BPTT gradient path (layers/bptt.py) against the published surrogate path and
 plain autograd through the step loop: one attack gradient (forward + gradient w.r.t. the input).
 
-    .venv/bin/python bench_bptt.py [--config networks/FashionMNIST.yaml] [--batch 64]
+    .venv/bin/python scripts/bench_bptt.py [--config networks/FashionMNIST.yaml] [--batch 64]
                                    [--device cpu|cuda] [--dtype float32|float64]
                                    [--path bptt:sigmoid] [--repeats 10] [--warmup 2] [--threads N]
 
@@ -13,11 +13,14 @@ from other processes hits them alike. A last line checks that the BPTT path's ou
 published one and its gradient the plain-autograd one.
 """
 import argparse
+import os
 import statistics
+import sys
 import time
 
 import torch
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from config import input_shape, load_config
 from layers import Network, attack_loss
 from layers.bptt import SURROGATES, gradient_path_name, parse_gradient_path, use_gradient_path

@@ -9,11 +9,11 @@ import time
 import torch
 from tqdm import tqdm
 
-from checkpoint import atomic_write, atomic_write_text, remove_stale_temporaries, save_checkpoint
+from runtime.checkpoint import atomic_write, atomic_write_text, remove_stale_temporaries, save_checkpoint
 from config import dump_config
-from diagnostics import format_rate
+from training.diagnostics import format_rate
 from layers.network import OUTPUT_LAYER
-from provenance import git_commit, versions
+from runtime.provenance import git_commit, versions
 
 
 class RunOutputs:

@@ -15,8 +15,8 @@ import os
 import shutil
 import socket
 
-from checkpoint import OutputError, output_error
-from distributed import all_gather_object
+from runtime.checkpoint import OutputError, output_error
+from runtime.distributed import all_gather_object
 
 LOCK_NAME = '.lock'
 SPACE_MARGIN_BYTES = 16 * 2**20  # results.json, config.yaml, TensorBoard events, temporaries
