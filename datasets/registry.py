@@ -10,12 +10,13 @@ import os
 import types
 from typing import Callable, Optional, Tuple
 
+from runtime.paths import PROJECT_ROOT
+
 from . import fixtures
 from .cifar import read_cifar
 from .idx import read_idx_sets
 from .svhn import read_svhn
 
-PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @dataclasses.dataclass(frozen=True)

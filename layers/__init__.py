@@ -1,6 +1,7 @@
 """Spiking layers, the network builder and the losses of HoSNN."""
 from .bptt import BpttPath, SURROGATES, gradient_path_name, parse_gradient_path, use_gradient_path
 from .config_keys import ConfigError
+from .encoding import time_expand
 from .loss import attack_loss, compute_loss, predict
 from .network import Network, layer_shapes, read_nds_file, unknown_layer_keys
 from .neuron import psp
@@ -8,4 +9,4 @@ from .settings import NetworkSettings
 
 __all__ = ['BpttPath', 'SURROGATES', 'gradient_path_name', 'parse_gradient_path', 'use_gradient_path',
            'ConfigError', 'Network', 'NetworkSettings', 'attack_loss', 'compute_loss', 'layer_shapes',
-           'predict', 'psp', 'read_nds_file', 'unknown_layer_keys']
+           'predict', 'psp', 'read_nds_file', 'time_expand', 'unknown_layer_keys']

@@ -33,6 +33,7 @@ from fractions import Fraction
 import numpy as np
 import torch
 
+from layers import time_expand
 from layers.bptt import PUBLISHED, SURROGATES, gradient_path_name, use_gradient_path
 
 from robustness.adaptive_attacks import LOSSES, AttackSpec, ThreatModel, class_scores, eps_text, run_attack
@@ -122,9 +123,6 @@ class Evaluation:
         self.clean_correct = self._predictions_correct()
         self.rows, self.fooled, self.checks, self.timings = [], [], [], {}
 
-    def _time_expand(self, images):
-        return images.unsqueeze(-1).expand(*images.shape, self.n_steps).contiguous()
-
     def _batches(self, index):
         for start in range(0, len(index), self.batch_size):
             yield index[start:start + self.batch_size]
@@ -140,7 +138,7 @@ class Evaluation:
     def _take(self, batch):
         """The time-expanded inputs and labels of the CPU index ``batch``, on the device."""
         on_device = batch.to(self.labels.device)
-        return self._time_expand(self.images[on_device]), self.labels[on_device]
+        return time_expand(self.images[on_device], self.n_steps), self.labels[on_device]
 
     def global_count(self, *values):
         return [int(v) for v in self.all_reduce(list(values)).tolist()]
@@ -572,7 +570,7 @@ def spike_warnings(model, images, ctx, batch_size):
     with torch.no_grad(), SpikeMonitor(model) as monitor:
         for start in range(0, len(images), batch_size):
             batch = images[start:start + batch_size]
-            model(batch.unsqueeze(-1).expand(*batch.shape, n_steps).contiguous(), False)
+            model(time_expand(batch, n_steps), False)
     return diagnose(monitor.stats(ctx), 'evaluate.py, clean test images')
 
 

@@ -9,7 +9,8 @@ from importlib import metadata
 import numpy as np
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from runtime.paths import PROJECT_ROOT as ROOT
+
 
 
 def sha256_of(path):

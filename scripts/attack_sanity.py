@@ -19,7 +19,7 @@ from attack import ATTACKS, Normalization, attack_bounds, iterative_attack  # no
 from runtime.checkpoint import load_checkpoint, load_weights  # noqa: E402
 from config import input_shape  # noqa: E402
 from datasets import build_datasets  # noqa: E402
-from training.engine import time_expand  # noqa: E402
+from layers import time_expand  # noqa: E402
 from layers import Network, predict  # noqa: E402
 from protocol import MODELS  # noqa: E402
 

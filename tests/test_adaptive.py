@@ -12,7 +12,7 @@ from robustness import adaptive
 from robustness import adaptive_attacks
 from robustness.adaptive_attacks import ThreatModel
 from runtime.distributed import DistContext
-from layers import Network, predict
+from layers import Network, predict, time_expand
 
 N_STEPS, N_CLASS = 5, 4
 MEAN, STD = (0.3, 0.6), (0.25, 0.5)  # two channels with different statistics
@@ -47,7 +47,7 @@ def normalise(pixels):
 
 
 def expand(images):
-    return images.unsqueeze(-1).expand(*images.shape, N_STEPS).contiguous()
+    return time_expand(images, N_STEPS)
 
 
 def threat_model(threat='per-step', clamp=False):

@@ -10,7 +10,8 @@ import main
 from attack import ATTACKS, training_attack
 from config import load_config
 from conftest import ROOT
-from training.engine import time_expand, train_one_epoch
+from layers import time_expand
+from training.engine import train_one_epoch
 from layers import Network, parse_gradient_path, use_gradient_path
 from test_main import mnist_dir, results, settings  # noqa: F401 -- the fixture is used by name
 

@@ -199,7 +199,7 @@ def test_run_directory_lock_refuses_a_second_run(tmp_path):
 def test_lock_held_by_another_live_process(tmp_path):
     out = tmp_path / 'run'
     holder = subprocess.Popen(
-        [sys.executable, '-c', 'import sys, rundir; d = rundir.RunDirectory(sys.argv[1]); '
+        [sys.executable, '-c', 'import sys; from runtime import rundir; d = rundir.RunDirectory(sys.argv[1]); '
          'd.acquire(); print("locked", flush=True); sys.stdin.read()', str(out)],
         cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:

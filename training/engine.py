@@ -10,15 +10,10 @@ import torch
 from attack import ATTACKS, attacks_for
 from training.diagnostics import SpikeMonitor, diagnose
 from runtime.distributed import all_reduce_sum
-from layers import compute_loss, predict, use_gradient_path
+from layers import compute_loss, predict, time_expand, use_gradient_path
 
 GRAD_CLIP_NORM = 1.0
 ADAM_BETAS = (0.9, 0.999)
-
-
-def time_expand(images, n_steps):
-    """Direct encoding: the image ``[B, C, H, W]`` on every time step -> ``[B, C, H, W, T]``."""
-    return images.unsqueeze(-1).expand(*images.shape, n_steps).contiguous()
 
 
 def build_optimizer(model, lr):
