@@ -1,6 +1,7 @@
 """robustness/adequacy.py: the binarization test (Zimmermann et al. 2022) on a tiny float64
 spiking network -- a working attack passes, a useless one fails, and every planted point is a
 real adversarial example of the binarized model inside the threat model's ε-ball."""
+import json
 from fractions import Fraction
 
 import pytest
@@ -84,7 +85,6 @@ def test_a_working_attack_passes(data, threat_name, clamp, attack):
     # the check dict of adaptive.sanity_checks, plus numbers: JSON-ready as it is
     assert {'check', 'passed', 'detail', 'value', 'threshold'} <= set(result)
     assert result['eps'] == '16/255' and result['threat'] == threat_name and result['clamp'] is clamp
-    import json
     json.dumps(result)
 
 
