@@ -168,3 +168,17 @@ def test_penultimate_layer_features(data):
     assert values.shape == (3, N_STEPS * 16)
     built = binarize(model, x, threat_model(), EPS, features=features, n_inner=8, n_boundary=8)
     assert built.applicable.sum() >= built.applicable.numel() // 2
+
+
+def test_duplicate_images_and_float32(data):
+    """Images closer than 2 ε share no attack batch (one read-out per ε-ball); float32 works."""
+    model, x, labels = data
+    model32 = tiny_network().float()
+    x32 = torch.cat([x[:6], x[:6]]).float()  # every image twice
+    result = binarization_test(model32, x32, labels[:12], threat_model(), EPS, pgd_attack)
+    assert result['n_applicable'] > 0  # (the copies draw their own random points)
+    assert result['passed'] is True, result
+    from robustness.adequacy import _separated_groups
+    groups = _separated_groups(x32, threat_model().eps_model(EPS, x32))
+    assert all(len({i % 6 for i in group}) == len(group) for group in groups)
+    assert sorted(i for group in groups for i in group) == list(range(12))
