@@ -67,18 +67,25 @@ class Lif:
     def bptt_backward(grad_traces, membrane, saved, threshold, tau_m, tau_s, derivative,
                       sharpness):
         """``(dL/dI, grads of the state)`` from ``G_t = dL/dy_t`` and the pre-reset membrane."""
-        distance = membrane - threshold
-        slope = derivative(distance, sharpness)
-        # 1 - s_t, s_t = [u_t > V] = [u_t - V > 0] (exact: a float difference is 0 only for equal
-        # operands); in place, as 0/1 in the working dtype.
-        keep = distance.le_(0)
-        return lif_adjoint(grad_traces, membrane, keep, slope, 1 - 1 / tau_m, tau_s), ()
+        scratch = None
+
+        def spike_step(t):
+            nonlocal scratch
+            distance = torch.sub(membrane[t], threshold, out=scratch)
+            scratch = distance
+            # g_t, and 1 - s_t = [u_t - V <= 0] (exact: a float difference is 0 only for equal
+            # operands), in place as 0/1 in the working dtype
+            return derivative(distance, sharpness), distance.le_(0)
+        # (the membrane is kept: a second backward through a LIF layer gives the same gradient)
+        grad_current = torch.empty_like(membrane)
+        return lif_adjoint(grad_traces, membrane, spike_step, 1 - 1 / tau_m, tau_s,
+                           grad_current), ()
 
 
-def lif_adjoint(grad_traces, membrane, keep, slope, leak, tau_s):
+def lif_adjoint(grad_traces, membrane, spike_step, leak, tau_s, out):
     """The LIF adjoint recursion (see :func:`ta_lif_adjoint`, without the threshold terms):
-    ``U_t = g_t A_t + leak ((1 - s_t) - g_t u_t) U_{t+1}``. ``keep`` and ``slope`` are scratch;
-    ``dL/dI`` is returned in ``slope``."""
+    ``U_t = g_t A_t + leak ((1 - s_t) - g_t u_t) U_{t+1}``, written into ``out`` (returned).
+    ``spike_step(t)`` gives ``(g_t, 1 - s_t)``, ``[B, *shape]`` tensors it may overwrite."""
     rate = 1 / tau_s
     trace_grad = later = None  # A_t, U_{t+1}
     for t in range(grad_traces.shape[0] - 1, -1, -1):
@@ -86,12 +93,14 @@ def lif_adjoint(grad_traces, membrane, keep, slope, leak, tau_s):
             trace_grad = grad_traces[t] * rate
         else:
             trace_grad.lerp_(grad_traces[t], rate)       # A_t = A_{t+1} + (G_t - A_{t+1})/tau_s
-        carry = keep[t].addcmul_(slope[t], membrane[t], value=-1)  # c_t = (1 - s_t) - g_t u_t
-        grad = slope[t].mul_(trace_grad)                 # g_t A_t, then U_t in place
-        if later is not None:
-            grad.addcmul_(carry, later, value=leak)
-        later = grad
-    return slope
+        slope, keep = spike_step(t)
+        if later is None:
+            torch.mul(slope, trace_grad, out=out[t])     # U_{T-1} = g A
+        else:
+            carry = keep.addcmul_(slope, membrane[t], value=-1)  # c_t = (1 - s_t) - g_t u_t
+            torch.addcmul(slope.mul_(trace_grad), carry, later, value=leak, out=out[t])
+        later = out[t]
+    return out
 
 
 class TaLif(Lif):
@@ -156,22 +165,24 @@ class TaLif(Lif):
     def bptt_backward(grad_traces, membrane, saved, threshold, tau_m, tau_s, derivative,
                       sharpness):
         thresholds, theta_v, nds = saved
-        distance = torch.sub(membrane, thresholds, out=thresholds)
-        slope = derivative(distance, sharpness)
-        keep = distance.le_(0)  # 1 - s_t, as in Lif.bptt_backward
-        grad_current, grad_theta_v = ta_lif_adjoint(grad_traces, membrane, keep, slope,
+
+        def spike_step(t):
+            # u_t - theta_t, then 1 - s_t in its place (as in Lif.bptt_backward)
+            distance = torch.sub(membrane[t], thresholds[t], out=thresholds[t])
+            return derivative(distance, sharpness), distance.le_(0)
+        grad_current, grad_theta_v = ta_lif_adjoint(grad_traces, membrane, spike_step,
                                                     1 - 1 / tau_m, tau_s, theta_v, nds)
         return grad_current, (grad_theta_v, None)
 
 
-def ta_lif_adjoint(grad_traces, membrane, keep, slope, leak, tau_s, theta_v, nds):
+def ta_lif_adjoint(grad_traces, membrane, spike_step, leak, tau_s, theta_v, nds):
     """The adjoint recursion of the TA-LIF loop, backwards in time.
 
-    ``grad_traces`` ``G_t = dL/dy_t``, ``membrane`` the pre-reset ``u_t``, ``keep`` ``1 - s_t``
-    and ``slope`` ``g_t = ds_t/du_t`` (all ``[T, B, *shape]``); ``theta_v`` ``[*shape]`` and
-    the time-major NDS ``[T, *shape]`` (``e_t = u_t - NDS_t``). Returns ``(dL/dI,
-    dL/dtheta_v)``. ``membrane``, ``keep`` and ``slope`` are used as scratch (overwritten);
-    ``dL/dI`` is returned in ``slope``.
+    ``grad_traces`` ``G_t = dL/dy_t`` and ``membrane`` the pre-reset ``u_t`` (``[T, B,
+    *shape]``); ``spike_step(t)`` gives ``(g_t, 1 - s_t)``, ``g_t = ds_t/du_t`` (``[B, *shape]``
+    tensors it may overwrite); ``theta_v`` ``[*shape]`` and the time-major NDS ``[T, *shape]``
+    (``e_t = u_t - NDS_t``). Returns ``(dL/dI, dL/dtheta_v)``; ``dL/dI`` is written over
+    ``membrane`` (each ``u_t`` is last read at its own step).
 
     With ``A_t = dL/ds_t`` through the trace alone (SPEC §4's ``A_t``,
     ``A_t = G_t/tau_s + (1 - 1/tau_s) A_{t+1}``), ``U_t = dL/du_t`` and ``Th_t = dL/dtheta_t``
@@ -185,7 +196,9 @@ def ta_lif_adjoint(grad_traces, membrane, keep, slope, leak, tau_s, theta_v, nds
     ```
     The recursion holds for any real ``s_t`` (tests check it against finite differences of a
     smooth neuron), not only for 0/1 spikes. Speed: one pass backwards over time, a few fused ops
-    per step on ``[B, *shape]`` slices (which stay in cache), no ``[T, B, ...]`` allocation.
+    per step on ``[B, *shape]`` slices (which stay in cache) -- the surrogate too, evaluated step
+    by step -- and no ``[T, B, ...]`` allocation (fresh memory, page-faulted in, was the largest
+    cost of evaluating the surrogate on whole tensors).
     """
     rate = 1 / tau_s
     trace_grad = grad_threshold = grad_theta_v = spike_grad = error = None  # A_t, Th_t, ...
@@ -195,22 +208,24 @@ def ta_lif_adjoint(grad_traces, membrane, keep, slope, leak, tau_s, theta_v, nds
             trace_grad = grad_traces[t] * rate
         else:
             trace_grad.lerp_(grad_traces[t], rate)       # A_t = A_{t+1} + (G_t - A_{t+1})/tau_s
+        slope, keep = spike_step(t)
         error = torch.sub(membrane[t], nds[t], out=error)  # e_t, before u_t is overwritten
-        slope_membrane = membrane[t].mul_(slope[t])      # g_t u_t
-        carry = keep[t].sub_(slope_membrane)             # c_t = (1 - s_t) - g_t u_t
-        grad = slope[t].mul_(trace_grad)                 # g_t A_t, then U_t in place
+        slope_membrane = membrane[t].mul_(slope)         # g_t u_t
+        carry = keep.sub_(slope_membrane)                # c_t = (1 - s_t) - g_t u_t
+        grad = slope.mul_(trace_grad)                    # g_t A_t
         # g_t dL/ds_t = g_t A_t - leak g_t u_t U_{t+1};  Th_t = Th_{t+1} - g_t dL/ds_t
         if later is None:
             grad_threshold = torch.neg(grad)
             spike_grad = torch.empty_like(grad)
+            grad = membrane[t].copy_(grad)               # U_t, over u_t
         else:
             torch.addcmul(grad, slope_membrane, later, value=-leak, out=spike_grad)
             grad_threshold.sub_(spike_grad)
-            grad.addcmul_(carry, later, value=leak)
+            grad = torch.addcmul(grad, carry, later, value=leak, out=membrane[t])  # U_t, over u_t
         grad.addcmul_(theta_v, grad_threshold)
         if grad_theta_v is None:
             grad_theta_v = grad_threshold * error
         else:
             grad_theta_v.addcmul_(grad_threshold, error)
         later = grad
-    return slope, grad_theta_v.sum(0)
+    return membrane, grad_theta_v.sum(0)

@@ -198,7 +198,8 @@ class SoftNeuron(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_traces):
         membrane, spikes, slopes, theta_v, nds = ctx.saved_tensors
-        grads = ta_lif_adjoint(grad_traces, membrane.clone(), 1 - spikes, slopes.clone(),
+        grads = ta_lif_adjoint(grad_traces, membrane.clone(),
+                               lambda t: (slopes[t].clone(), 1 - spikes[t]),
                                1 - 1 / TAU_M, TAU_S, theta_v, nds.movedim(-1, 0))
         return grads[0], grads[1], None, None
 
