@@ -32,8 +32,8 @@ THETA_V_GRAD_SCALE = 0.1  # the published code scales the theta_v gradient by 0.
 class Lif:
     """LIF: ``u_t = u_{t-1} - u_{t-1}/tau_m + I_t`` against the fixed threshold ``V``."""
     state_names = ()
-    # The BPTT backward overwrites its saved tensors (fresh [T, B, ...] memory is its main cost),
-    # so a second backward through the same graph must be refused.
+    # Whether the BPTT backward overwrites its saved tensors (TA-LIF does: fresh [T, B, ...]
+    # memory costs more than the arithmetic); bptt.py then refuses a second backward.
     bptt_consumes_saved = False
 
     def __init__(self, state, like, n_steps, tau_m, threshold, keep_thresholds):
@@ -67,12 +67,10 @@ class Lif:
     def bptt_backward(grad_traces, membrane, saved, threshold, tau_m, tau_s, derivative,
                       sharpness):
         """``(dL/dI, grads of the state)`` from ``G_t = dL/dy_t`` and the pre-reset membrane."""
-        scratch = None
+        scratch = torch.empty_like(membrane[0])
 
         def spike_step(t):
-            nonlocal scratch
             distance = torch.sub(membrane[t], threshold, out=scratch)
-            scratch = distance
             # g_t, and 1 - s_t = [u_t - V <= 0] (exact: a float difference is 0 only for equal
             # operands), in place as 0/1 in the working dtype
             return derivative(distance, sharpness), distance.le_(0)
