@@ -12,7 +12,7 @@ import yaml
 
 from layers import (ConfigError, NetworkSettings, layer_shapes, parse_gradient_path, read_nds_file,
                     unknown_layer_keys)
-from layers.bptt import PUBLISHED as PUBLISHED_GRADIENT
+from layers.gradients import PUBLISHED as PUBLISHED_GRADIENT, gradient_path_name
 from layers.config_keys import get_bool, get_choice, get_number, get_pair, read_fraction, show
 from attack import FT_METHODS  # ATTACK.ft_method: the attacks of usage 'train' (attack.ATTACKS)
 from runtime.paths import PROJECT_ROOT, resolve_input_path
@@ -25,7 +25,7 @@ DEFAULT_DEFAULTS = {'cleantrain': True, 'advtrain': False, 'advtest': True, 'ckp
                     'train_samples': None, 'test_samples': None, 'seed': 0, 'dtype': 'float32'}
 NETWORK_KEYS = {'epochs', 'model', 'tau_v', 'ckpt_v', 'batch_size', 'lr', 'T_max', 'is_bn',
                 'save_target', 'n_steps', 'data_path', 'mean', 'std', 'dataset', 'loss', 'n_class',
-                'tau_m', 'tau_s'}
+                'tau_m', 'tau_s', 'train_gradient'}
 # Carried by the published YAMLs but read by nothing (TSSL-BP leftovers): accepted silently.
 PUBLISHED_UNUSED_KEYS = {'desired_count', 'undesired_count', 'rule'}
 ATTACK_KEYS = {'strength', 'train', 'ft_method', 'ft_gradient', 'clamp'}
@@ -229,7 +229,12 @@ def resolve(raw):
         warnings.append("DEFAULT.advtest without training or DEFAULT.ckpt evaluates an untrained network")
 
     network = cfg['Network']
+    # The gradient the training step follows: the published backward (default, SPEC §4) or a BPTT
+    # path (layers/bptt.py); validated by NetworkSettings, recorded under its full name
+    # (bptt:sigmoid -> bptt:sigmoid:5) so that the resolved config says which sharpness ran.
+    network.setdefault('train_gradient', PUBLISHED_GRADIENT)
     settings = NetworkSettings.from_config(network)  # also checks that ckpt_v is a path or null
+    network['train_gradient'] = gradient_path_name(settings.train_gradient)
     network['ckpt_v'] = resolve_input_path(settings.ckpt_v)
     settings = dataclasses.replace(settings, ckpt_v=network['ckpt_v'])
     get_number(network, 'epochs', 'Network', integer=True, minimum=0, maximum=MAX_EPOCHS)

@@ -1,6 +1,7 @@
 """The neuron loop of SPEC §4 as one Triton kernel per layer (forward) and one for the surrogate
 backward, for CUDA tensors in float32/float16/bfloat16: the CUDA implementation of the
-``'published'`` backward of ``layers/neuron_registry.py`` (``layers.neuron.spike`` dispatches here).
+``'published'`` gradient rule for the LIF and TA-LIF neurons (their ``fused_forward`` in
+``layers/dynamics.py``; ``layers.neuron.spike`` dispatches to it).
 
 On a GPU the plain PyTorch loop launches about six element-wise kernels per time step and layer,
 and small networks become launch-bound; here each neuron runs its whole time loop in registers.
@@ -82,13 +83,14 @@ if triton is not None:
 
 
 def neuron_forward(current, theta_v, nds, tau_m, tau_s, threshold, surrogate_width,
-                   surrogate_clamp, store_f):
+                   surrogate_clamp, store_f, adaptive):
     """``current[T, B, *shape]`` -> ``(trace, f or None, error_sum [B, *shape] or None)``, where
-    ``f = sigmoid(clamp(-(u_t - V)/width, -clamp, clamp))`` of the pre-reset membrane."""
+    ``f = sigmoid(clamp(-(u_t - V)/width, -clamp, clamp))`` of the pre-reset membrane.
+    ``adaptive``: the TA-LIF step (``theta_v`` and ``nds`` given) or the LIF one (both None); one
+    kernel serves both, the TA-LIF lines compiled in or out (``ADAPTIVE``, a compile-time flag)."""
     current = current.contiguous()
     n_steps = current.shape[0]
     numel = current[0].numel()
-    adaptive = theta_v is not None
     neurons = theta_v.numel() if adaptive else 1
     trace = torch.empty_like(current)
     f = torch.empty_like(current) if store_f else trace  # (a dummy pointer when not stored)

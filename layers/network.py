@@ -15,7 +15,7 @@ from .settings import NetworkSettings
 
 LAYER_TYPES = ('conv', 'linear', 'pooling', 'dropout')
 OUTPUT_LAYER = 'output'
-# Keys each layer type reads; anything else is reported by check_layer_keys().
+# Keys each layer type reads; unknown_layer_keys() warns about any other (published YAMLs carry some).
 LAYER_KEYS = {
     'conv': {'type', 'in_channels', 'out_channels', 'kernel_size', 'padding', 'stride', 'dilation',
              'weight_scale', 'threshold'},

@@ -2,6 +2,7 @@
 from dataclasses import dataclass
 
 from .config_keys import ConfigError, get_bool, get_choice, get_number, show
+from .gradients import PUBLISHED, parse_gradient_path
 from .neuron_registry import NEURONS
 
 MODELS = tuple(NEURONS)
@@ -26,6 +27,9 @@ class NetworkSettings:
     n_class: int
     save_target: bool
     ckpt_v: str = None
+    # The gradient rule the training step takes (layers/gradients.py): None, the published
+    # backward (SPEC §4), or a path object such as layers.bptt.BpttPath.
+    train_gradient: object = None
 
     @property
     def neuron(self):
@@ -55,6 +59,7 @@ class NetworkSettings:
             n_class=get_number(cfg, 'n_class', where, positive=True, integer=True),
             save_target=get_bool(cfg, 'save_target', where),
             ckpt_v=nds_path(cfg, where),
+            train_gradient=train_gradient(cfg, where),
         )
         if settings.loss == 'kernel':
             desired_pattern(settings.n_steps)  # raises if n_steps cannot be tiled
@@ -69,6 +74,16 @@ def time_constant(cfg, key, where):
         raise ConfigError(f"{where}.{key} must be >= 1 (the per-step decay 1 - 1/{key} must lie in "
                           f"[0, 1)), got {show(tau)}")
     return tau
+
+
+def train_gradient(cfg, where):
+    """``train_gradient``: ``published`` (absent or null too: the published training rule) or
+    ``bptt:<surrogate>[:<sharpness>]``, the exact BPTT gradient through which the weights and
+    ``theta_v`` are trained."""
+    try:
+        return parse_gradient_path(cfg.get('train_gradient', PUBLISHED))
+    except ValueError as exc:
+        raise ConfigError(f"{where}.train_gradient: {exc}") from None
 
 
 def nds_path(cfg, where):

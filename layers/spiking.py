@@ -1,7 +1,7 @@
 """What conv and linear layers share: the spiking neuron and its state-dict entries."""
 import torch.nn as nn
 
-from .neuron_registry import BACKWARDS
+from .gradients import BACKWARDS
 
 
 class SpikingLayer(nn.Module):
@@ -23,9 +23,9 @@ class SpikingLayer(nn.Module):
         self.tau_m, self.tau_s = settings.tau_m, settings.tau_s
         self.register_parameter('theta_v', None)
         self.register_buffer('target_train', None)
-        # Another gradient rule for this layer's neuron (e.g. layers/bptt.py's exact BPTT, set by
-        # its context manager), or None for the neuron type's own backward. A plain attribute:
-        # not in the state dict. It must take spike()'s arguments and return what spike() does.
+        # Another gradient path for this layer's neuron (layers/gradients.py: set by
+        # use_gradient_path, for attacks and Network.train_gradient), or None for the neuron
+        # type's own rule. A plain attribute: not in the state dict.
         self.gradient_path = None
 
     def init_neuron(self, settings, random_nds):
@@ -38,9 +38,10 @@ class SpikingLayer(nn.Module):
         """``current`` ``[T, B, *neuron_shape]`` -> ``(trace, batch-mean membrane or None)``."""
         if self.neuron is None:
             return current, None
-        spike = self.gradient_path or BACKWARDS[self.neuron.backward].spike
-        return spike(current, self.theta_v, self.target_train, self.tau_m, self.tau_s,
-                     self.threshold, record_nds)
+        path = self.gradient_path or BACKWARDS[self.neuron.backward].path
+        dynamics = self.neuron.dynamics
+        state = tuple(getattr(self, name) for name in dynamics.state_names)
+        return path(dynamics, current, state, self.tau_m, self.tau_s, self.threshold, record_nds)
 
     def clip_weights(self):
         """The published weight clipper: weights to [-4, 4], theta_v >= 0."""

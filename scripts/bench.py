@@ -3,6 +3,7 @@
     .venv/bin/python scripts/bench.py [--nets mnist,cifar10] [--models LIF,ALIF] [--batch 64,16]
                               [--device cpu|cuda] [--dtype float32] [--repeats N] [--warmup N]
                               [--steps train,attack] [--threads N] [--no-memory] [--json PATH]
+                              [--train-gradient bptt:fast-sigmoid:5 | none]
 
 For every network (MNIST, CIFAR10) and neuron model (LIF, ALIF = TA-LIF) it measures
 
@@ -12,7 +13,11 @@ For every network (MNIST, CIFAR10) and neuron model (LIF, ALIF = TA-LIF) it meas
 * **attack step**: one PGD/FGSM step, ``attack.input_gradient``: the model in eval mode,
   ``net(x, False)``, ``attack_loss``, gradient w.r.t. the input only;
 
-and the same two steps for the *ANN equivalent*: the same convolutions (2-D, on a batch of B*T
+and, for the train step, the same step trained through the exact BPTT gradient
+(``Network.train_gradient``, default ``bptt:fast-sigmoid:5``; same network, same weights, its own
+optimiser): the ``BPTT/published`` column is its time over the published train step's.
+
+Both SNN steps are compared with the same two steps for the *ANN equivalent*: the same convolutions (2-D, on a batch of B*T
 images), BatchNorm where the SNN has it, ReLU instead of the neuron, the same sum pooling
 (``avg_pool2d * k*k``), dropout, the same linears, a plain loss (sum of squared errors for
 training, cross-entropy for the attack), the same optimiser step and weight clamp. The SNN sees
@@ -42,6 +47,8 @@ the environment (or jemalloc/tcmalloc) removes most of it for both.
 """
 import argparse
 import contextlib
+import copy
+import dataclasses
 import json
 import math
 import os
@@ -63,7 +70,7 @@ from attack import input_gradient  # noqa: E402
 from runtime.checkpoint import atomic_write_text  # noqa: E402
 from config import input_shape, load_config  # noqa: E402
 from training.engine import build_optimizer, train_step  # noqa: E402
-from layers import Network  # noqa: E402
+from layers import Network, gradient_path_name, parse_gradient_path  # noqa: E402
 from layers.network import output_batch_norm  # noqa: E402
 from layers.neuron_registry import NEURONS, neuron_by_title  # noqa: E402
 
@@ -137,7 +144,7 @@ def ann_equivalent(settings, layers_cfg):
 class Case:
     """One network/model pair: the SNN, its ANN equivalent, inputs, optimisers and step closures."""
 
-    def __init__(self, net_name, model, batch, device, dtype):
+    def __init__(self, net_name, model, batch, device, dtype, train_gradient=None):
         cfg, self.source = load_net_config(net_name, model)
         shape = input_shape(cfg)
         self.name, self.model, self.batch = net_name, model, batch
@@ -151,6 +158,14 @@ class Case:
         self.x_snn = image.expand(*image.shape[:-1], n_steps).contiguous().to(device, dtype)
         self.labels = torch.randint(0, n_class, (batch,), generator=gen).to(device)
         self.opt_snn = build_optimizer(self.snn, lr)
+        # The same network (a copy: the weights drift apart as each trains) with the training
+        # gradient set as Network.train_gradient sets it.
+        self.snn_bptt = self.opt_bptt = None
+        if train_gradient is not None:
+            self.snn_bptt = copy.deepcopy(self.snn)
+            self.snn_bptt.settings = dataclasses.replace(self.snn.settings,
+                                                         train_gradient=train_gradient)
+            self.opt_bptt = build_optimizer(self.snn_bptt, lr)
 
         self.ann = ann_equivalent(self.snn.settings, cfg['Layers']).to(device, dtype)
         self.x_ann = image[..., 0].repeat_interleave(n_steps, 0).to(device, dtype)
@@ -164,6 +179,10 @@ class Case:
     def snn_train(self):
         self.snn.train()
         train_step(self.snn, self.x_snn, self.labels, self.opt_snn)
+
+    def snn_train_bptt(self):
+        self.snn_bptt.train()
+        train_step(self.snn_bptt, self.x_snn, self.labels, self.opt_bptt)
 
     def ann_train(self):
         net = self.ann
@@ -254,16 +273,20 @@ def _quiet_stderr():
 
 
 def measure(case, repeats, warmup, device, memory=True, steps=('train', 'attack')):
-    """Interleaved timing: each repeat runs one SNN and one ANN step of each kind."""
+    """Interleaved timing: each repeat runs one SNN and one ANN step of each kind (and one BPTT
+    train step with the train step, when the case has one)."""
     pairs = {'train': (case.snn_train, case.ann_train),
              'attack': (case.snn_attack, case.ann_attack)}
     pairs = {kind: pairs[kind] for kind in steps}
     result = {}
     for kind, (snn_fn, ann_fn) in pairs.items():
+        bptt_fn = case.snn_train_bptt if kind == 'train' and case.snn_bptt is not None else None
         for _ in range(warmup):
             snn_fn()
             ann_fn()
-        snn_times, ann_times = [], []
+            if bptt_fn is not None:
+                bptt_fn()
+        snn_times, ann_times, bptt_times = [], [], []
         for i in range(repeats):
             # alternate which goes first, so that neither always follows the other
             if i % 2:
@@ -272,12 +295,19 @@ def measure(case, repeats, warmup, device, memory=True, steps=('train', 'attack'
             else:
                 snn_times.append(timed(snn_fn, device))
                 ann_times.append(timed(ann_fn, device))
+            if bptt_fn is not None:
+                bptt_times.append(timed(bptt_fn, device))
         snn_ms = 1e3 * statistics.median(snn_times)
         ann_ms = 1e3 * statistics.median(ann_times)
         entry = {'snn_ms': snn_ms, 'ann_ms': ann_ms, 'ratio': snn_ms / ann_ms,
                  'snn_img_s': case.batch / snn_ms * 1e3, 'ann_img_s': case.batch / ann_ms * 1e3,
                  'snn_ms_all': [1e3 * t for t in snn_times],
                  'ann_ms_all': [1e3 * t for t in ann_times]}
+        if bptt_times:
+            bptt_ms = 1e3 * statistics.median(bptt_times)
+            entry.update(bptt_gradient=gradient_path_name(case.snn_bptt.settings.train_gradient),
+                         bptt_ms=bptt_ms, bptt_ratio=bptt_ms / snn_ms,
+                         bptt_ms_all=[1e3 * t for t in bptt_times])
         if memory:
             entry['snn_peak_bytes'] = peak_memory(snn_fn, device)
             entry['ann_peak_bytes'] = peak_memory(ann_fn, device)
@@ -295,8 +325,9 @@ def markdown(rows, device, dtype, threads):
              f"{threads} CPU threads; median of interleaved repeats; networks {', '.join(sources)}",
              "",
              "| net | model | batch | step | SNN ms | ANN ms | ratio | SNN img/s | ANN img/s "
-             "| SNN peak MiB (per img) | ANN peak MiB (per img) |",
-             "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "| SNN peak MiB (per img) | ANN peak MiB (per img) | BPTT train ms "
+             "| BPTT/published |",
+             "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for row in rows:
         for kind in ('train', 'attack'):
             if kind not in row:
@@ -308,10 +339,17 @@ def markdown(rows, device, dtype, threads):
                 mem = (f"{s:.1f} ({s / row['batch']:.2f}) | {a:.1f} ({a / row['batch']:.2f})")
             else:
                 mem = '- | -'
+            bptt = (f"{e['bptt_ms']:.1f} | **{e['bptt_ratio']:.2f}**" if 'bptt_ms' in e
+                    else '- | -')
             model = NEURONS[row['model']].title
             lines.append(f"| {row['net']} | {model} | {row['batch']} | {kind} | {e['snn_ms']:.1f} "
                          f"| {e['ann_ms']:.1f} | {e['ratio']:.2f} | {e['snn_img_s']:.0f} "
-                         f"| {e['ann_img_s']:.0f} | {mem} |")
+                         f"| {e['ann_img_s']:.0f} | {mem} | {bptt} |")
+    gradients = sorted({row['train']['bptt_gradient'] for row in rows
+                        if 'bptt_gradient' in row.get('train', {})})
+    if gradients:
+        lines += ['', f"BPTT train: Network.train_gradient={', '.join(gradients)}; "
+                      "BPTT/published = its train step over the published one (same network)"]
     return '\n'.join(lines)
 
 
@@ -332,7 +370,16 @@ def main(argv=None):
     parser.add_argument('--json', default=None,
                         help='also write the results as JSON to this file (nothing is written '
                              'without it)')
+    parser.add_argument('--train-gradient', default='bptt:fast-sigmoid:5',
+                        help="the BPTT training gradient timed beside the published train step "
+                             "(Network.train_gradient), or 'none'")
     args = parser.parse_args(argv)
+    train_gradient = None
+    if args.train_gradient != 'none':
+        try:
+            train_gradient = parse_gradient_path(args.train_gradient)
+        except ValueError as exc:
+            parser.error(f"--train-gradient: {exc}")
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -350,15 +397,17 @@ def main(argv=None):
     for net_name, batch in zip(nets, batches):
         for model in models:
             torch.manual_seed(0)
-            case = Case(net_name, model, batch, device, dtype)
+            case = Case(net_name, model, batch, device, dtype, train_gradient)
             res = measure(case, args.repeats, args.warmup, device, memory=not args.no_memory,
                           steps=steps)
             row = {'net': net_name, 'model': model, 'batch': batch, 'source': case.source, **res}
             rows.append(row)
             for kind in res:
                 e = res[kind]
+                bptt = (f"  BPTT {e['bptt_ms']:8.1f} ms  BPTT/published {e['bptt_ratio']:.2f}"
+                        if 'bptt_ms' in e else '')
                 print(f"{net_name:8s} {model:5s} B={batch:<4d} {kind:6s} SNN {e['snn_ms']:8.1f} ms"
-                      f"  ANN {e['ann_ms']:8.1f} ms  ratio {e['ratio']:.2f}", flush=True)
+                      f"  ANN {e['ann_ms']:8.1f} ms  ratio {e['ratio']:.2f}{bptt}", flush=True)
             del case
     print()
     print(markdown(rows, device, args.dtype, torch.get_num_threads()))

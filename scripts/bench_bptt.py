@@ -23,32 +23,8 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from config import input_shape, load_config
 from layers import Network, attack_loss
-from layers.bptt import SURROGATES, gradient_path_name, parse_gradient_path, use_gradient_path
-
-
-class AutogradPath:
-    """The ``gradient_path`` hook that BPTT replaces: the loop of SPEC §4 step by step, the spike
-    as a straight-through ``H(x) + (a - a.detach())`` with ``da/dx`` = the surrogate."""
-
-    def __init__(self, surrogate, sharpness):
-        self.derivative, self.sharpness = SURROGATES[surrogate].derivative, sharpness
-
-    def __call__(self, current, theta_v, nds, tau_m, tau_s, threshold, record_nds=False):
-        u = torch.zeros_like(current[0])
-        y = torch.zeros_like(current[0])
-        theta = torch.full_like(current[0], threshold)
-        traces = []
-        for t in range(current.shape[0]):
-            u = u - u / tau_m + current[t]
-            if theta_v is not None:
-                theta = theta + theta_v * (u - nds[..., t])
-            x = u - theta
-            a = x * self.derivative(x, self.sharpness).detach()
-            s = (x > 0).to(x.dtype) + (a - a.detach())
-            u = u * (1 - s)
-            y = y + (s - y) / tau_s
-            traces.append(y)
-        return torch.stack(traces), None
+from layers.gradients import gradient_path_name, parse_gradient_path, use_gradient_path
+from layers.reference import AutogradPath
 
 
 def synchronize(device):

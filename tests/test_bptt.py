@@ -1,5 +1,5 @@
-"""layers/bptt.py: the exact-BPTT gradient path of the neuron (for attacks) against plain autograd
-through a step-by-step loop written here, its forward against the published one, the surrogate
+"""layers/bptt.py: the exact-BPTT gradient path of the neuron against plain autograd through a
+step-by-step loop (layers/reference.py), its forward against the published one, the surrogate
 formulas, and the switch that installs it on a network."""
 import math
 
@@ -7,44 +7,16 @@ import pytest
 import torch
 
 from layers import Network
-from layers import bptt, neuron
-from layers.bptt import BpttPath, SURROGATES, gradient_path_name, parse_gradient_path, \
-    use_gradient_path
+from layers.bptt import BpttPath
+from layers.dynamics import ta_lif_adjoint
+from layers.gradients import gradient_path_name, parse_gradient_path, use_gradient_path
+from layers.reference import AutogradPath
+from layers.surrogate import SURROGATES
+from neuron_args import spike
 
 TAU_M, TAU_S, V = 5.0, 3.0, 1.0
 N_STEPS = 5
 ATOL = RTOL = 1e-10
-
-
-# --- the plain reference: autograd through every step ---------------------------------------
-
-def straight_through(x, derivative, sharpness):
-    """H(x) forward, ``derivative(x)`` backward: H + (a - a.detach()) with da/dx = g(x)."""
-    a = x * derivative(x, sharpness).detach()
-    return (x > 0).to(x.dtype) + (a - a.detach())
-
-
-def reference_path(surrogate, sharpness=None, through_threshold=True):
-    """A ``gradient_path`` hook: SPEC §4's loop, literally, differentiated by autograd."""
-    derivative, default = SURROGATES[surrogate]
-    sharpness = default if sharpness is None else sharpness
-
-    def path(current, theta_v, nds, tau_m, tau_s, threshold, record_nds=False):
-        u = torch.zeros_like(current[0])
-        y = torch.zeros_like(current[0])
-        theta = torch.full_like(current[0], threshold)
-        traces = []
-        for t in range(current.shape[0]):
-            u = u - u / tau_m + current[t]
-            if theta_v is not None:
-                step = theta_v * (u - nds[..., t])
-                theta = theta + (step if through_threshold else step.detach())
-            s = straight_through(u - theta, derivative, sharpness)
-            u = u * (1 - s)
-            y = y + (s - y) / tau_s
-            traces.append(y)
-        return torch.stack(traces), None
-    return path
 
 
 # --- fixtures --------------------------------------------------------------------------------
@@ -109,9 +81,9 @@ def with_hook(net, hook, fn):
 @pytest.mark.parametrize('record_nds', [False, True])
 def test_neuron_forward_is_published(adaptive, record_nds):
     current, theta_v, nds, _ = neuron_inputs(adaptive)
-    expected = neuron.spike(current, theta_v, nds, TAU_M, TAU_S, V, record_nds)
+    expected = spike(current, theta_v, nds, TAU_M, TAU_S, V, record_nds)
     for surrogate in SURROGATES:
-        got = BpttPath(surrogate)(current, theta_v, nds, TAU_M, TAU_S, V, record_nds)
+        got = spike(current, theta_v, nds, TAU_M, TAU_S, V, record_nds, path=BpttPath(surrogate))
         assert got[0].grad_fn is not None
         assert torch.equal(got[0], expected[0])
         assert (got[1] is None) == (not record_nds)
@@ -140,9 +112,9 @@ def test_network_forward_is_published(model):
 def test_neuron_gradient_matches_autograd(adaptive, surrogate):
     current, theta_v, nds, grad = neuron_inputs(adaptive)
     inputs = [current] + ([theta_v] if adaptive else [])
-    y, _ = BpttPath(surrogate)(current, theta_v, nds, TAU_M, TAU_S, V)
+    y, _ = spike(current, theta_v, nds, TAU_M, TAU_S, V, path=BpttPath(surrogate))
     got = torch.autograd.grad(y, inputs, grad)
-    y_ref, _ = reference_path(surrogate)(current, theta_v, nds, TAU_M, TAU_S, V)
+    y_ref, _ = spike(current, theta_v, nds, TAU_M, TAU_S, V, path=AutogradPath(surrogate))
     expected = torch.autograd.grad(y_ref, inputs, grad)
     assert torch.equal(y, y_ref) or torch.allclose(y, y_ref, rtol=0, atol=1e-12)
     for a, b in zip(got, expected):
@@ -158,7 +130,7 @@ def test_network_gradient_matches_autograd(model, surrogate, sharpness):
     with use_gradient_path(net, BpttPath(surrogate, sharpness)):
         out, grad_x, grad_theta = input_gradient(net, image, weights)
     out_ref, grad_x_ref, grad_theta_ref = with_hook(
-        net, reference_path(surrogate, sharpness), lambda: input_gradient(net, image, weights))
+        net, AutogradPath(surrogate, sharpness), lambda: input_gradient(net, image, weights))
     assert torch.equal(out, out_ref)
     assert grad_x_ref.abs().max() > 0
     torch.testing.assert_close(grad_x, grad_x_ref, rtol=RTOL, atol=ATOL)
@@ -173,7 +145,7 @@ def test_gradient_flows_through_the_threshold():
     net, image, weights = small_network('ALIF')
     with use_gradient_path(net, 'bptt:sigmoid'):
         _, grad_x, _ = input_gradient(net, image, weights)
-    _, grad_cut, _ = with_hook(net, reference_path('sigmoid', through_threshold=False),
+    _, grad_cut, _ = with_hook(net, AutogradPath('sigmoid', through_threshold=False),
                                lambda: input_gradient(net, image, weights))
     assert (grad_x - grad_cut).abs().max() > 1e-3 * grad_x.abs().max()
 
@@ -181,7 +153,7 @@ def test_gradient_flows_through_the_threshold():
 def test_theta_v_gets_no_gradient_when_frozen():
     current, theta_v, nds, grad = neuron_inputs(True)
     theta_v = theta_v.detach()
-    y, _ = BpttPath('sigmoid')(current, theta_v, nds, TAU_M, TAU_S, V)
+    y, _ = spike(current, theta_v, nds, TAU_M, TAU_S, V, path=BpttPath('sigmoid'))
     y.backward(grad)
     assert theta_v.grad is None and current.grad is not None
 
@@ -189,11 +161,11 @@ def test_theta_v_gets_no_gradient_when_frozen():
 def test_second_backward():
     """LIF keeps its saved tensors (a second backward is the same); TA-LIF consumes them."""
     current, _, _, grad = neuron_inputs(False)
-    y, _ = BpttPath('sigmoid')(current, None, None, TAU_M, TAU_S, V)
+    y, _ = spike(current, None, None, TAU_M, TAU_S, V, path=BpttPath('sigmoid'))
     first = torch.autograd.grad(y, current, grad, retain_graph=True)[0]
     assert torch.equal(torch.autograd.grad(y, current, grad)[0], first)
     current, theta_v, nds, grad = neuron_inputs(True)
-    y, _ = BpttPath('sigmoid')(current, theta_v, nds, TAU_M, TAU_S, V)
+    y, _ = spike(current, theta_v, nds, TAU_M, TAU_S, V, path=BpttPath('sigmoid'))
     torch.autograd.grad(y, current, grad, retain_graph=True)
     with pytest.raises(RuntimeError, match='runs once per forward'):
         torch.autograd.grad(y, current, grad)
@@ -201,7 +173,7 @@ def test_second_backward():
 
 class SoftNeuron(torch.autograd.Function):
     """The neuron with a *smooth* spike s_t = sigmoid(k (u_t - theta_t)), whose backward is
-    bptt.bptt_backward: gradcheck then tests the hand-derived recursion against finite
+    dynamics.ta_lif_adjoint: gradcheck then tests the hand-derived recursion against finite
     differences (the real forward's step has no useful finite differences)."""
 
     @staticmethod
@@ -226,8 +198,9 @@ class SoftNeuron(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_traces):
         membrane, spikes, slopes, theta_v, nds = ctx.saved_tensors
-        grads = bptt.bptt_backward(grad_traces, membrane.clone(), 1 - spikes, slopes.clone(),
-                                   1 - 1 / TAU_M, TAU_S, theta_v, nds.movedim(-1, 0))
+        grads = ta_lif_adjoint(grad_traces, membrane.clone(),
+                               lambda t: (slopes[t].clone(), 1 - spikes[t]),
+                               1 - 1 / TAU_M, TAU_S, theta_v, nds.movedim(-1, 0))
         return grads[0], grads[1], None, None
 
 

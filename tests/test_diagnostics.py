@@ -14,6 +14,7 @@ import protocol
 from config import load_config
 from training.diagnostics import SpikeMonitor, diagnose, spikes_from_trace
 from runtime.distributed import DistContext
+from layers.dynamics import Lif
 from layers.neuron import neuron_forward
 from training.runner import build_loaders, build_model
 from test_main import N_TEST, SMALL_LAYERS, mnist_dir, settings  # noqa: F401 (fixture)
@@ -28,7 +29,7 @@ def test_spikes_recovered_from_the_trace(dtype, tau_s):
     torch.manual_seed(0)
     current = torch.rand(8, 16, 10, dtype=dtype) * 2  # [T, B, N]
     threshold = 1.0
-    trace, membrane, _, _ = neuron_forward(current, None, None, 5.0, tau_s, threshold, False,
+    trace, membrane, _, _ = neuron_forward(Lif, current, (), 5.0, tau_s, threshold, False,
                                            keep_membrane=True)
     spikes = (membrane > threshold).to(dtype)  # LIF: s_t = u_t > V, u_t the pre-reset membrane
     assert spikes.sum() > 0 and (1 - spikes).sum() > 0

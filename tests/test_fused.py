@@ -8,7 +8,8 @@ import sys
 import pytest
 import torch
 
-from layers import Network, compute_loss, fused, neuron
+from layers import Network, compute_loss, fused
+from neuron_args import spike
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
 MISMATCH = 1e-3  # a spike may flip where u - theta is within float32 rounding of 0
@@ -46,10 +47,10 @@ def check_fused_matches(device):
         def run():
             x = current.clone().requires_grad_(True)
             tv = theta_v.clone().requires_grad_(True) if adaptive else None
-            y, _ = neuron.spike(x, tv, nds, 5.0, 3.0, 1.0)
+            y, _ = spike(x, tv, nds, 5.0, 3.0, 1.0)
             y.backward(grad)
             with torch.no_grad():
-                y_no_grad, _ = neuron.spike(x, tv, nds, 5.0, 3.0, 1.0)
+                y_no_grad, _ = spike(x, tv, nds, 5.0, 3.0, 1.0)
             return y.detach(), y_no_grad, x.grad, tv.grad if adaptive else None
         fast, plain = _both_paths(run)
         _assert_match(fast, plain, f"neuron adaptive={adaptive}")

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from layers.neuron import spike
+from neuron_args import spike
 
 TAU_M, TAU_S, V = 5.0, 3.0, 1.0
 

@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from layers import neuron
+from neuron_args import spike
 from layers.pooling import WindowSum
 
 RTOL, ATOL = 1e-10, 1e-12
@@ -81,7 +82,7 @@ def test_neuron_matches_reference(adaptive, record_nds):
     expected, expected_mem = ReferenceSpike.apply(current, theta_v, *args)
     inputs = [current] + ([theta_v] if adaptive else [])
     expected_grads = torch.autograd.grad(expected, inputs, grad)
-    actual, actual_mem = neuron.spike(current, theta_v, *args)
+    actual, actual_mem = spike(current, theta_v, *args)
     actual_grads = torch.autograd.grad(actual, inputs, grad)
     torch.testing.assert_close(actual, expected, rtol=RTOL, atol=ATOL)
     for a, e in zip(actual_grads, expected_grads):
@@ -97,9 +98,9 @@ def test_neuron_matches_reference(adaptive, record_nds):
 @pytest.mark.parametrize('adaptive', [False, True])
 def test_neuron_without_grad_is_the_same(adaptive):
     current, theta_v, nds, _ = _inputs(adaptive, seed=1)
-    with_grad, mem = neuron.spike(current, theta_v, nds, 5.0, 3.0, 1.0, True)
+    with_grad, mem = spike(current, theta_v, nds, 5.0, 3.0, 1.0, True)
     with torch.no_grad():
-        without, mem_ng = neuron.spike(current, theta_v, nds, 5.0, 3.0, 1.0, True)
+        without, mem_ng = spike(current, theta_v, nds, 5.0, 3.0, 1.0, True)
     assert with_grad.grad_fn is not None and without.grad_fn is None
     torch.testing.assert_close(without, with_grad.detach(), rtol=0, atol=0)
     torch.testing.assert_close(mem_ng, mem, rtol=0, atol=0)
@@ -108,7 +109,7 @@ def test_neuron_without_grad_is_the_same(adaptive):
 def test_neuron_non_contiguous_output_grad():
     current, theta_v, nds, grad = _inputs(True, seed=2)
     grad_t = grad.transpose(1, 2).contiguous().transpose(1, 2)  # same values, new strides
-    out, _ = neuron.spike(current, theta_v, nds, 5.0, 3.0, 1.0)
+    out, _ = spike(current, theta_v, nds, 5.0, 3.0, 1.0)
     g1 = torch.autograd.grad(out, current, grad, retain_graph=True)[0]
     g2 = torch.autograd.grad(out, current, grad_t, retain_graph=True)[0]
     g3 = torch.autograd.grad(out, current, grad)[0]  # saved tensors untouched by a backward

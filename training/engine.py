@@ -25,10 +25,14 @@ def train_step(model, x, labels, optimizer, network=None, dropout=True):
     """One optimiser step of SPEC §7: forward, loss, backward, gradient-norm clipping at 1, AdamW
     step, weight clipping. ``model`` may be the DDP wrapper of ``network`` (the unwrapped module;
     default: ``model`` itself). The caller sets train/eval mode. ``dropout=False`` runs the net
-    with ``is_train=False`` (the golden recordings did). Returns ``(out, loss, grad_norm)``
-    (the norm before clipping, as clip_grad_norm_ returns it; a device tensor, not synchronised)."""
+    with ``is_train=False`` (the golden recordings did). The gradient follows
+    ``Network.train_gradient`` (``network.settings``: the published backward, or exact BPTT).
+    Returns ``(out, loss, grad_norm)`` (the norm before clipping, as clip_grad_norm_ returns it;
+    a device tensor, not synchronised)."""
     network = model if network is None else network
-    out, _ = model(x, dropout)
+    # (the rule is chosen when the layers run forward; their backward follows it later)
+    with use_gradient_path(network, network.settings.train_gradient):
+        out, _ = model(x, dropout)
     loss = compute_loss(out, labels, network.settings)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
