@@ -12,18 +12,20 @@ import tempfile
 import numpy as np
 import torch
 
+from errors import UserError
+
 RELEASED_PREFIX = 'module.'
 RESUME_KEYS = ('optimizer', 'scheduler', 'rng', 'best')  # what save_checkpoint adds for --resume
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError):
     """A checkpoint that cannot be used; the message names the file."""
 
 
-class OutputError(CheckpointError):
+class OutputWriteError(UserError):
     """A run output (checkpoint, results, the run directory) that cannot be written: full disk,
-    read-only file system, a path through a file, no permission. A user error (exit status 2),
-    like every CheckpointError; the message is one line naming the path."""
+    read-only file system, a path through a file, no permission. The message is one line naming
+    the path."""
 
 
 def first_line(exc):
@@ -47,22 +49,22 @@ def _blocking_file(path):
 
 def output_error(exc, path):
     """Translate an OSError raised while creating or writing ``path`` into a one-line
-    OutputError naming the path (a full disk, a read-only mount, a file in the way, ...)."""
+    OutputWriteError naming the path (a full disk, a read-only mount, a file in the way, ...)."""
     directory = os.path.dirname(os.path.abspath(path)) or '/'
     code = getattr(exc, 'errno', None)
     if code in (errno.ENOSPC, errno.EDQUOT):
-        return OutputError(f"no space left on {directory} (writing '{path}')")
+        return OutputWriteError(f"no space left on {directory} (writing '{path}')")
     if code == errno.EROFS:
-        return OutputError(f"{directory} is on a read-only file system (writing '{path}')")
+        return OutputWriteError(f"{directory} is on a read-only file system (writing '{path}')")
     if code in (errno.ENOTDIR, errno.EEXIST):
         blocker = _blocking_file(path)
         if blocker is not None:
-            return OutputError(f"'{blocker}' is a file, not a directory (writing '{path}')")
+            return OutputWriteError(f"'{blocker}' is a file, not a directory (writing '{path}')")
     if code in (errno.EACCES, errno.EPERM):
-        return OutputError(f"no permission to write in {directory} (writing '{path}')")
+        return OutputWriteError(f"no permission to write in {directory} (writing '{path}')")
     if code == errno.EISDIR:
-        return OutputError(f"'{path}' is a directory")
-    return OutputError(f"cannot write '{path}': {getattr(exc, 'strerror', None) or first_line(exc)}")
+        return OutputWriteError(f"'{path}' is a directory")
+    return OutputWriteError(f"cannot write '{path}': {getattr(exc, 'strerror', None) or first_line(exc)}")
 
 
 def current_umask():
@@ -86,7 +88,7 @@ def atomic_write(path, write):
     replaces a good one. The bytes are produced in memory first: torch.save streaming into a
     file on a full disk fails with an opaque zip-writer error, plain writes with ENOSPC. The
     file gets the permissions of a normal ``open()`` (0o666 & ~umask), not mkstemp's 0o600.
-    Any OSError becomes a one-line OutputError naming the path."""
+    Any OSError becomes a one-line OutputWriteError naming the path."""
     buffer = io.BytesIO()
     write(buffer)
     data = buffer.getbuffer()

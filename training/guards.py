@@ -14,6 +14,8 @@ import signal
 import torch
 import torch.distributed as dist
 
+from errors import UserError
+
 CHECK_EVERY = 20
 FAULT_KILL_ENV = 'HOSNN_FAULT_KILL_AT_STEP'  # tests: SIGKILL this process at global step k
 _NONE_BAD = 2**62  # "no bad step yet" in the encoded first bad step (step * 4 + what)
@@ -22,9 +24,9 @@ _WHAT = {1: 'the loss', 2: 'the gradient norm', 3: 'the loss and the gradient no
 EXPLODED_LOSS_RATIO = 4.0
 
 
-class TrainingDiverged(RuntimeError):
-    """Training produced NaN/Inf (loss, gradient norm or weights); a user error (exit status 2):
-    the usual cause is the learning rate."""
+class TrainingDiverged(UserError):
+    """Training produced NaN/Inf (loss, gradient norm or weights); the usual cause is the learning
+    rate, so it is the user's to fix."""
 
 
 def first_nonfinite_parameter(model):

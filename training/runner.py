@@ -25,18 +25,18 @@ from runtime.checkpoint import (CheckpointError, check_resumable, load_checkpoin
                         rederived_rng_seed, rng_states, set_rng_states)
 from config import (ConfigError, attack_strengths, config_path_for_dataset, input_shape, load_config,
                     resolve, train_epsilon)
-from datasets import DATASETS, DatasetNotFound, build_datasets
+from datasets import DATASETS, build_datasets
+from errors import UserError
 from training.diagnostics import SpikeMonitor, diagnose
-from runtime.distributed import (LaunchError, ShardSampler, all_gather_object, broadcast_buffers,
+from runtime.distributed import (ShardSampler, all_gather_object, broadcast_buffers,
                          cleanup_distributed, init_distributed, wait_for_all_ranks)
 from training.engine import adversarial_test, build_optimizer, evaluate, record_nds, train_one_epoch
-from training.guards import TrainingDiverged, TrainingGuard
+from training.guards import TrainingGuard
 from layers import Network, gradient_path_name, parse_gradient_path
 from runtime.outputs import RunOutputs
 from runtime.rundir import checkpoint_bytes, open_run_directory
 
-USER_ERRORS = (ConfigError, CheckpointError, DatasetNotFound, TrainingDiverged, LaunchError)
-EXIT_USER_ERROR = 2
+EXIT_USER_ERROR = UserError.exit_status
 SAVE_EVERY_EPOCHS = 100
 # The buffers (NDS, BN running statistics) are not re-sent from rank 0 before every forward:
 # the NDS never changes and the BN statistics are broadcast before each evaluation and save
@@ -86,15 +86,15 @@ def run_cli(args, prepare, execute):
         check_common_flags(args)
         prepared = prepare(args)
         ctx = init_distributed(args.device)
-    except USER_ERRORS as exc:
+    except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USER_ERROR
+        return exc.exit_status
     try:
         execute(args, prepared, ctx)
         wait_for_all_ranks(ctx)
-    except USER_ERRORS as exc:
+    except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USER_ERROR
+        return exc.exit_status
     finally:
         cleanup_distributed()
     return 0
