@@ -18,7 +18,8 @@ import sys
 from robustness import adaptive
 from robustness import adaptive_attacks
 from runtime.checkpoint import load_checkpoint
-from config import ConfigError, apply_overrides, load_config, resolve
+from config import RANDOM_NDS, ConfigError, apply_overrides, load_config, resolve
+from errors import without_warning
 from training.runner import add_config_arguments, build_model, config_from_args, run_cli, seed_everything
 
 CLAMP_CHOICES = ('config', 'true', 'false', 'both')
@@ -89,7 +90,7 @@ def prepare(args):
             raise ConfigError(f"--samples must be >= 1, got {args.samples}")
         args.set.append(f"DEFAULT.test_samples={args.samples}")
     cfg, warnings, _ = config_from_args(args)
-    warnings = [w for w in warnings if 'Network.ckpt_v is null' not in w]  # the NDS is in the weights
+    warnings = without_warning(warnings, RANDOM_NDS)  # the NDS is in the weights
     try:
         eps_list = ([adaptive_attacks.parse_eps(e) for e in args.eps.split(',') if e.strip()]
                     if args.eps else [adaptive_attacks.parse_eps(e, f"ATTACK.strength[{i}]")

@@ -27,7 +27,8 @@ from fractions import Fraction
 from robustness import adaptive
 from robustness import adaptive_attacks
 from attack import Normalization, attack_bounds, attacks_for, training_attack
-from config import ConfigError, attack_strengths
+from config import RANDOM_NDS, ConfigError, attack_strengths
+from errors import without_warning
 from training.diagnostics import SpikeMonitor, diagnose, format_rate
 from training.engine import accuracy_under_attack
 from runtime.outputs import RunOutputs
@@ -219,7 +220,7 @@ def prepare(args):
     if not base['ATTACK']['train']:
         raise ConfigError("ATTACK.train is empty: the fine-tuning stages need an eps")
     # The stages set model and ckpt_v themselves: the base config's NDS warning does not apply.
-    warnings = [w for w in warnings if 'Network.ckpt_v is null' not in w]
+    warnings = without_warning(warnings, RANDOM_NDS)
     return base, warnings
 
 

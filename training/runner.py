@@ -23,10 +23,10 @@ from torch.nn.parallel import DistributedDataParallel
 from attack import Normalization, attack_bounds, training_attack
 from runtime.checkpoint import (CheckpointError, check_resumable, load_checkpoint, load_weights,
                         rederived_rng_seed, rng_states, set_rng_states)
-from config import (ConfigError, attack_strengths, config_path_for_dataset, input_shape, load_config,
+from config import (RANDOM_NDS, ConfigError, attack_strengths, config_path_for_dataset, input_shape, load_config,
                     resolve, train_epsilon)
 from datasets import DATASETS, build_datasets
-from errors import UserError
+from errors import UserError, without_warning
 from training.diagnostics import SpikeMonitor, diagnose
 from runtime.distributed import (ShardSampler, all_gather_object, broadcast_buffers,
                          cleanup_distributed, init_distributed, wait_for_all_ranks)
@@ -154,9 +154,6 @@ def nds_source_note(cfg, before, model, ckpt_path):
                 f"'{ckpt_path}': the checkpoint's NDS is used (the one its weights were trained "
                 f"with); set Network.ckpt_v=null to silence this")
     return f"the TA-LIF layers use the NDS of '{ckpt_path}' (the same as Network.ckpt_v)"
-
-
-RANDOM_NDS_WARNING = 'Network.ckpt_v is null'  # config.resolve's warning about the random NDS
 
 
 def flatten_config(cfg, prefix=''):
@@ -291,7 +288,7 @@ def _run_in_directory(cfg, out_dir, ctx, model_without_ddp, resume, workers, nds
         if note is not None:
             notes.append(note)
             # The NDS is the checkpoint's: config.resolve's random-NDS warning does not apply.
-            warnings = [w for w in warnings if RANDOM_NDS_WARNING not in w]
+            warnings = without_warning(warnings, RANDOM_NDS)
     if training and not resume and os.path.isfile(last_path):
         raise ConfigError(f"--out {out_dir} already holds a run (last.pth): pass --resume to "
                           f"continue it, or choose another --out")
