@@ -32,7 +32,7 @@ from errors import without_warning
 from training.diagnostics import SpikeMonitor, diagnose, format_rate
 from training.engine import accuracy_under_attack
 from runtime.outputs import RunOutputs
-from training.runner import (add_config_arguments, build_loaders, build_model, config_from_args, run_cli,
+from training.experiment import (add_config_arguments, build_loaders, build_model, config_from_args, run_cli,
                     run_experiment, seed_everything)
 
 MODELS = ('lif_clean', 'hosnn_clean', 'lif_ft', 'hosnn_ft')

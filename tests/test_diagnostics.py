@@ -15,7 +15,7 @@ from config import load_config
 from training.diagnostics import SpikeMonitor, diagnose, spikes_from_trace
 from runtime.distributed import DistContext
 from layers.neuron import neuron_forward
-from training.runner import build_loaders, build_model
+from training.experiment import build_loaders, build_model
 from test_main import N_TEST, SMALL_LAYERS, mnist_dir, settings  # noqa: F401 (fixture)
 
 CTX = DistContext()
