@@ -20,8 +20,9 @@ from robustness import adaptive_attacks
 from runtime.checkpoint import load_checkpoint
 from config import RANDOM_NDS, ConfigError, apply_overrides, load_config, resolve
 from errors import without_warning
-from training.experiment import (add_config_arguments, build_model, config_from_args, run_cli,
-                                 seed_everything)
+from runtime.rng import seed_everything
+from training.cli import add_config_arguments, config_from_args, run_cli
+from training.experiment import build_model
 
 CLAMP_CHOICES = ('config', 'true', 'false', 'both')
 

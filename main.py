@@ -14,8 +14,8 @@ import re
 import sys
 
 from config import ConfigError
-from training.experiment import (add_config_arguments, config_from_args, default_run_name, run_cli,
-                                 run_experiment)
+from training.cli import add_config_arguments, config_from_args, default_run_name, run_cli
+from training.experiment import run_experiment
 
 
 def get_args_parser():

@@ -1,21 +1,18 @@
 """Checkpoints in the released format ``{'net': state_dict (keys 'module.*'), 'epoch': int}`` -- so the
 published code can read ours -- plus what resuming needs (optimiser, scheduler, RNG states, the
-resolved config, the best accuracy). Written atomically; read with ``weights_only=True``; a
+resolved config, the best accuracy: training/resume.py reads them back). Written atomically; read with ``weights_only=True``; a
 checkpoint holding NaN/Inf weights is neither written nor read."""
 import errno
 import io
 import os
 import pickle
-import random
 import tempfile
 
-import numpy as np
 import torch
 
 from errors import UserError
 
 RELEASED_PREFIX = 'module.'
-RESUME_KEYS = ('optimizer', 'scheduler', 'rng', 'best')  # what save_checkpoint adds for --resume
 
 
 class CheckpointError(UserError):
@@ -133,31 +130,6 @@ def released_state_dict(model_without_ddp):
             for key, value in model_without_ddp.state_dict().items()}
 
 
-def rng_states():
-    """Every RNG the training touches, as plain tensors/ints (loadable with weights_only)."""
-    np_state = np.random.get_state()
-    states = {
-        'torch': torch.get_rng_state(),
-        'python': random.getstate(),
-        'numpy': {'keys': torch.from_numpy(np_state[1].astype(np.int64)), 'pos': int(np_state[2]),
-                  'has_gauss': int(np_state[3]), 'cached_gaussian': float(np_state[4])},
-    }
-    if torch.cuda.is_available():
-        states['cuda'] = torch.cuda.get_rng_state_all()
-    return states
-
-
-def set_rng_states(states):
-    torch.set_rng_state(states['torch'])
-    version, internal, gauss = states['python']
-    random.setstate((version, tuple(internal), gauss))
-    np_state = states['numpy']
-    np.random.set_state(('MT19937', np_state['keys'].numpy().astype(np.uint32), np_state['pos'],
-                         np_state['has_gauss'], np_state['cached_gaussian']))
-    if 'cuda' in states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states['cuda'])
-
-
 def first_nonfinite(state_dict):
     """``(name, count)`` of the first floating-point tensor holding NaN/Inf, or None."""
     for name, value in state_dict.items():
@@ -216,20 +188,6 @@ def load_checkpoint(path):
     return checkpoint
 
 
-def check_resumable(checkpoint, path):
-    """``--resume`` needs the optimiser, scheduler, RNG and best-accuracy state this project
-    saves; a released-format file (``{'net', 'epoch'}`` only) has the weights alone."""
-    missing = [key for key in RESUME_KEYS if key not in checkpoint]
-    if missing:
-        raise CheckpointError(
-            f"--resume: '{path}' holds weights only (no {', '.join(missing)}): it is a released "
-            f"or exported checkpoint, not a resume point; to start from its weights use "
-            f"--set DEFAULT.ckpt={path} with a new --out")
-    if not isinstance(checkpoint['rng'], list) or not checkpoint['rng']:
-        raise CheckpointError(f"--resume: '{path}' has no per-process RNG states")
-    return checkpoint
-
-
 def load_weights(model_without_ddp, checkpoint, path):
     """Strict load of ``checkpoint['net']`` (with or without ``module.``); a mismatch is a
     CheckpointError naming the file and the keys."""
@@ -240,9 +198,3 @@ def load_weights(model_without_ddp, checkpoint, path):
         raise CheckpointError(f"checkpoint '{path}' does not fit the network of the config: "
                               f"{message[:600]}") from None
 
-
-def rederived_rng_seed(seed, epoch, rank):
-    """The seed of rank ``rank``'s RNG streams when a run is resumed at ``epoch`` on another
-    number of processes (the saved per-rank states do not fit): a pure function of the three,
-    distinct from the start-of-run seeds ``seed + 1000 * rank``."""
-    return seed + 1000 * rank + 1_000_003 * (epoch + 1)

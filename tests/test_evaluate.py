@@ -12,7 +12,7 @@ import pytest
 
 import evaluate
 import main
-from training import experiment
+from errors import UserError
 from conftest import ROOT
 from fixtures import write_mnist_like
 
@@ -119,14 +119,14 @@ def test_static_clamped_threat_model(trained, tmp_path):
 def test_bad_input_is_one_line_and_exit_status_2(trained, tmp_path, capsys, args, culprit):
     mnist_dir, ckpts = trained
     code = run_evaluate(mnist_dir, ckpts['LIF'], tmp_path / 'bad', *args)
-    assert code == experiment.EXIT_USER_ERROR
+    assert code == UserError.exit_status
     err = capsys.readouterr().err
     assert culprit in err and len(err.strip().splitlines()) == 1
 
 
 def test_missing_checkpoint_is_exit_status_2(trained, tmp_path, capsys):
     mnist_dir, _ = trained
-    assert run_evaluate(mnist_dir, str(tmp_path / 'none.pth'), tmp_path / 'o') == experiment.EXIT_USER_ERROR
+    assert run_evaluate(mnist_dir, str(tmp_path / 'none.pth'), tmp_path / 'o') == UserError.exit_status
     assert 'none.pth' in capsys.readouterr().err
 
 

@@ -19,7 +19,8 @@ from runtime import checkpoint
 from training import guards
 from runtime import rundir
 from runtime.checkpoint import (CheckpointError, OutputWriteError, atomic_write_text,
-                        check_resumable, load_checkpoint, save_checkpoint)
+                                load_checkpoint, save_checkpoint)
+from training.resume import check_resumable
 from conftest import ROOT
 from runtime.distributed import DistContext
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import main
-from training import experiment
+from errors import UserError
 from runtime.checkpoint import load_checkpoint
 from conftest import ROOT, load_golden
 from fixtures import write_mnist_like
@@ -96,7 +96,7 @@ def test_released_checkpoint_loads_strictly(mnist_dir, tmp_path):
     torch.save({'net': {k: v for k, v in state.items() if 'theta_v' not in k}, 'epoch': 1}, wrong)
     code = run_main(['--out', str(tmp_path / 'w'), *settings(
         mnist_dir, 'DEFAULT.cleantrain=false', f'DEFAULT.ckpt={wrong}', model='ALIF', small=False)])
-    assert code == experiment.EXIT_USER_ERROR
+    assert code == UserError.exit_status
 
 
 def test_nds_recording_matches_a_manual_mean(mnist_dir, tmp_path):
@@ -117,11 +117,11 @@ def test_nds_recording_matches_a_manual_mean(mnist_dir, tmp_path):
 
 
 def test_bad_set_and_non_numeric_epsilon_exit_nonzero(mnist_dir, tmp_path, capsys):
-    assert run_main(['--set', 'Network.epochs']) == experiment.EXIT_USER_ERROR
+    assert run_main(['--set', 'Network.epochs']) == UserError.exit_status
     assert "--set 'Network.epochs'" in capsys.readouterr().err
-    assert run_main(['--set', 'Network.lr=fast']) == experiment.EXIT_USER_ERROR
+    assert run_main(['--set', 'Network.lr=fast']) == UserError.exit_status
     assert 'Network.lr' in capsys.readouterr().err
-    assert run_main(['--set', "ATTACK.strength=[\"__import__('os')\"]"]) == experiment.EXIT_USER_ERROR
+    assert run_main(['--set', "ATTACK.strength=[\"__import__('os')\"]"]) == UserError.exit_status
     assert 'ATTACK.strength[0]' in capsys.readouterr().err
 
 
@@ -133,7 +133,7 @@ def test_missing_data_offline_names_the_files(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(urllib.request, 'urlopen', offline)
     empty = tmp_path / 'no-data'
     code = run_main(['--out', str(tmp_path / 'o'), '--set', f'Network.data_path={empty}'])
-    assert code == experiment.EXIT_USER_ERROR
+    assert code == UserError.exit_status
     err = capsys.readouterr().err
     assert 'MNIST' in err and 'train-images-idx3-ubyte' in err and str(empty) in err
 
@@ -154,7 +154,7 @@ def test_unsafe_checkpoint_is_refused_before_it_runs(mnist_dir, tmp_path, capsys
     torch.save({'net': {}, 'epoch': 0, 'payload': _RunsCode(str(marker))}, evil)
     code = run_main(['--out', str(tmp_path / 'o'), *settings(
         mnist_dir, 'DEFAULT.cleantrain=false', f'DEFAULT.ckpt={evil}')])
-    assert code == experiment.EXIT_USER_ERROR
+    assert code == UserError.exit_status
     err = capsys.readouterr().err
     assert 'refused' in err and str(evil) in err
     assert not marker.exists()
@@ -164,7 +164,7 @@ def test_existing_run_needs_resume(mnist_dir, tmp_path, capsys):
     out = str(tmp_path / 'run')
     args = ['--out', out, *settings(mnist_dir, 'DEFAULT.advtest=false')]
     assert run_main(args) == 0
-    assert run_main(args) == experiment.EXIT_USER_ERROR
+    assert run_main(args) == UserError.exit_status
     assert '--resume' in capsys.readouterr().err
 
 

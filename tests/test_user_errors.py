@@ -10,7 +10,8 @@ import pytest
 import torch
 
 import main
-from training import experiment
+from errors import UserError
+from training.experiment import build_model
 from runtime.checkpoint import load_checkpoint, save_checkpoint
 from config import load_config
 from test_main import mnist_dir, settings  # noqa: F401 (fixture)
@@ -23,7 +24,7 @@ def run(args, capsys):
 
 
 def one_line_error(code, err):
-    assert code == experiment.EXIT_USER_ERROR, err
+    assert code == UserError.exit_status, err
     assert err.startswith('error: ') and '\n' not in err, err
     return err
 
@@ -56,7 +57,7 @@ def test_negative_workers(mnist_dir, tmp_path, capsys):
 def test_checkpoint_of_the_other_neuron_model(mnist_dir, tmp_path, capsys, saved, configured):
     cfg, _ = load_config('networks/MNIST.yaml', settings(mnist_dir, model=saved)[1::2])
     ckpt = str(tmp_path / f'{saved}.pth')
-    save_checkpoint(ckpt, experiment.build_model(cfg), 0)
+    save_checkpoint(ckpt, build_model(cfg), 0)
     out = tmp_path / 'o'
     err = one_line_error(*run(['--out', str(out), *settings(
         mnist_dir, 'DEFAULT.cleantrain=false', f'DEFAULT.ckpt={ckpt}', model=configured)],
@@ -74,7 +75,7 @@ def test_failed_download_leaves_no_empty_folders(tmp_path, capsys, monkeypatch):
     data = tmp_path / 'datasets' / 'mnist'
     out = tmp_path / 'o'
     code, _, _ = run(['--out', str(out), '--set', f'Network.data_path={data}'], capsys)
-    assert code == experiment.EXIT_USER_ERROR
+    assert code == UserError.exit_status
     assert not (tmp_path / 'datasets').exists() and not out.exists()
 
 

@@ -1,112 +1,40 @@
-"""What every entry point shares: the config from the command line, the model (and its checkpoint),
-the data loaders, one training run (train -> NDS -> adversarial test), and the CLI wrapper that
-turns user errors into one line and exit status 2.
+"""One experiment: the model of a config (and its checkpoint), the data loaders, and one run of
+main.py -- (train) -> (record the NDS) -> (adversarial test) -- in a locked run directory.
 
-``main.py``, ``protocol.py`` (and ``evaluate.py``) are thin command lines over this module:
-
-    run_cli(args, prepare, execute)      prepare(args) checks the config, then execute(args, prepared, ctx)
-    config_from_args(args)               -d / --config + --set (+ --seed) -> (config, warnings, file)
     build_model(cfg, ckpt=None, device=None)   the network of a config, weights from a checkpoint
-    build_loaders(cfg, ctx, workers)     train (DistributedSampler), test and NDS loaders
-    run_experiment(cfg, out_dir, ctx, ...)     one run: (train) -> (record the NDS) -> (adversarial test)
+    build_loaders(cfg, ctx, workers)           train (DistributedSampler), test and NDS loaders
+    run_experiment(cfg, out_dir, ctx, ...)     one run; protocol.py runs one per stage
+    train(...)                                 the training loop of SPEC §7
+
+The command lines are in training/cli.py, --resume in training/resume.py.
 """
 import inspect
-import math
 import os
-import random
-import sys
 
-import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from attack import Normalization, attack_bounds, training_attack
-from runtime.checkpoint import (CheckpointError, check_resumable, load_checkpoint, load_weights,
-                        rederived_rng_seed, rng_states, set_rng_states)
-from config import (RANDOM_NDS, ConfigError, attack_strengths, config_path_for_dataset, input_shape, load_config,
-                    resolve, train_epsilon)
-from datasets import DATASETS, build_datasets
-from errors import UserError, without_warning
-from training.diagnostics import SpikeMonitor, diagnose
+from config import RANDOM_NDS, attack_strengths, input_shape, train_epsilon
+from datasets import build_datasets
+from errors import without_warning
+from layers import Network, gradient_path_name, parse_gradient_path
+from runtime.checkpoint import CheckpointError, load_checkpoint, load_weights
 from runtime.distributed import (ShardSampler, all_gather_object, broadcast_buffers,
-                         cleanup_distributed, init_distributed, wait_for_all_ranks)
+                                 wait_for_all_ranks)
+from runtime.outputs import RunOutputs
+from runtime.rng import rng_states, seed_everything
+from runtime.rundir import checkpoint_bytes, open_run_directory
+from training.diagnostics import SpikeMonitor, diagnose
 from training.engine import adversarial_test, build_optimizer, evaluate, record_nds, train_one_epoch
 from training.guards import TrainingGuard
-from layers import Network, gradient_path_name, parse_gradient_path
-from runtime.outputs import RunOutputs
-from runtime.rundir import checkpoint_bytes, open_run_directory
+from training.resume import (last_checkpoint, load_resume_point, record_config_changes,
+                             refuse_overwriting, restore_training_state)
 
-EXIT_USER_ERROR = UserError.exit_status
 SAVE_EVERY_EPOCHS = 100
-# The buffers (NDS, BN running statistics) are not re-sent from rank 0 before every forward:
-# the NDS never changes and the BN statistics are broadcast before each evaluation and save
-# (distributed.broadcast_buffers). The keyword was renamed in recent torch releases.
-NO_BUFFER_SYNC_PER_STEP = (
-    {'forward_sync_buffers': False}
-    if 'forward_sync_buffers' in inspect.signature(DistributedDataParallel).parameters
-    else {'broadcast_buffers': False})
 
 
-# --- The command line -----------------------------------------------------------------------------
-
-def add_config_arguments(parser, set_help='override one config key (repeatable; the value is '
-                         'read as YAML)'):
-    """``-d N`` | ``--config PATH`` (one of them required) and ``--set SECTION.KEY=VALUE``."""
-    source = parser.add_mutually_exclusive_group(required=True)
-    indices = [spec.index for spec in DATASETS.values()]
-    source.add_argument('-d', '--dataset', type=int, choices=indices,
-                        metavar=f"{{{min(indices)}..{max(indices)}}}",
-                        help=f"networks/{{{','.join(DATASETS)}}}.yaml")
-    source.add_argument('--config', help='a YAML file in the schema of networks/*.yaml')
-    parser.add_argument('--set', action='append', default=[], metavar='SECTION.KEY=VALUE',
-                        help=set_help)
-    return parser
-
-
-def config_from_args(args):
-    """``(config, warnings, config file)``; raises ConfigError."""
-    path = args.config if args.config is not None else config_path_for_dataset(args.dataset)
-    overrides = list(args.set) + ([f"DEFAULT.seed={args.seed}"] if args.seed is not None else [])
-    cfg, warnings = load_config(path, overrides)
-    return cfg, warnings, path
-
-
-def check_common_flags(args):
-    """Flags every entry point shares that argparse cannot bound."""
-    workers = getattr(args, 'workers', None)
-    if workers is not None and workers < 0:
-        raise ConfigError(f"--workers must be >= 0 (DataLoader worker processes), got {workers}")
-
-
-def run_cli(args, prepare, execute):
-    """``prepare(args)`` checks the config (before any process group or data); then
-    ``execute(args, prepared, ctx)`` runs. A user error (config, checkpoint, data) is one line on
-    stderr and exit status 2, whatever stage it comes from."""
-    try:
-        check_common_flags(args)
-        prepared = prepare(args)
-        ctx = init_distributed(args.device)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_status
-    try:
-        execute(args, prepared, ctx)
-        wait_for_all_ranks(ctx)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_status
-    finally:
-        cleanup_distributed()
-    return 0
-
-
-# --- Model and data ---------------------------------------------------------------------------
-
-def seed_everything(seed):
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
+# --- Model and data -------------------------------------------------------------------------------
 
 def build_model(cfg, ckpt=None, device=None):
     """The network of a resolved config in ``DEFAULT.dtype``; with the weights of the checkpoint
@@ -156,51 +84,6 @@ def nds_source_note(cfg, before, model, ckpt_path):
     return f"the TA-LIF layers use the NDS of '{ckpt_path}' (the same as Network.ckpt_v)"
 
 
-def flatten_config(cfg, prefix=''):
-    """``{'Section.key[.sub]': value}`` of a nested config."""
-    flat = {}
-    for key, value in cfg.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict) and value:
-            flat.update(flatten_config(value, name + '.'))
-        else:
-            flat[name] = value
-    return flat
-
-
-# A resumed run takes its weights from last.pth: the checkpoint it started from does not matter.
-RESUME_IGNORED_KEYS = ('DEFAULT.ckpt',)
-# What --resume is for besides crashes: training longer. The loop simply runs to the new count
-# (recorded like any change); every other change needs --allow-config-change. (A softmax
-# network's default T_max is its epochs: that change is then named as T_max.)
-RESUME_FREE_KEYS = ('Network.epochs',)
-
-
-def config_changes(saved, current):
-    """``{key: (saved value, current value)}`` for every key that differs. The saved config is
-    completed with today's defaults first, so a key added since it was written (e.g.
-    ``ATTACK.ft_gradient``) counts as changed only when it is set to something else."""
-    try:
-        saved = resolve(saved)[0]
-    except ConfigError:
-        pass  # a config this version no longer accepts: compare it as saved (the keys will differ)
-    old, new = flatten_config(saved), flatten_config(current)
-    return {key: (old.get(key), new.get(key)) for key in sorted(set(old) | set(new))
-            if key not in RESUME_IGNORED_KEYS and old.get(key) != new.get(key)}
-
-
-def apply_resumed_hyperparameters(optimizer, scheduler, network):
-    """After the optimiser and scheduler states of a resumed run are loaded, make them follow the
-    config's ``lr`` and ``T_max`` (a config change accepted with --allow-config-change): the
-    cosine schedule continues at the current epoch as if it had started with them."""
-    scheduler.T_max = network['T_max']
-    scheduler.base_lrs = [network['lr'] for _ in optimizer.param_groups]
-    for group in optimizer.param_groups:
-        group['initial_lr'] = network['lr']
-        group['lr'] = scheduler.eta_min + (network['lr'] - scheduler.eta_min) * (
-            1 + math.cos(math.pi * scheduler.last_epoch / scheduler.T_max)) / 2
-
-
 def build_loaders(cfg, ctx, workers):
     """``(train, test, nds)`` loaders of the config's data set for this rank."""
     default, network = cfg['DEFAULT'], cfg['Network']
@@ -222,13 +105,7 @@ def build_loaders(cfg, ctx, workers):
     return train_loader, test_loader, nds_loader
 
 
-# --- One run ----------------------------------------------------------------------------------
-
-def default_run_name(cfg):
-    default, network = cfg['DEFAULT'], cfg['Network']
-    mode = 'advtrain' if default['advtrain'] else 'cleantrain' if default['cleantrain'] else 'eval'
-    return f"{network['dataset']}-{network['model']}-{mode}"
-
+# --- One run ---------------------------------------------------------------------------------------
 
 def run_experiment(cfg, out_dir, ctx, resume=False, workers=None, nds_out=None, warnings=(),
                    allow_config_change=False):
@@ -263,62 +140,24 @@ def _run_in_directory(cfg, out_dir, ctx, model_without_ddp, resume, workers, nds
     """run_experiment, once ``out_dir`` is locked."""
     default, network = cfg['DEFAULT'], cfg['Network']
     training = default['cleantrain'] or default['advtrain']
-    last_path = os.path.join(out_dir, 'last.pth')
-    resume_state, changes, notes = None, {}, []
-    nds_before = nds_buffers(model_without_ddp)
-    weights_from = last_path if resume else default['ckpt']
-    if resume:
-        if not os.path.isfile(last_path):
-            raise CheckpointError(f"--resume: '{last_path}' does not exist (nothing to resume)")
-        resume_state = check_resumable(load_checkpoint(last_path), last_path)
-        if isinstance(resume_state.get('config'), dict):
-            changes = config_changes(resume_state['config'], cfg)
-        refused = {k: v for k, v in changes.items() if k not in RESUME_FREE_KEYS}
-        if refused and not allow_config_change:
-            shown = '; '.join(f"{key}: {old!r} -> {new!r}" for key, (old, new) in refused.items())
-            raise ConfigError(f"--resume: the config differs from the one {last_path} was trained "
-                              f"with ({shown[:400]}); pass --allow-config-change to apply the "
-                              f"change from the next epoch, or resume without it")
-        load_model_weights(model_without_ddp, resume_state, last_path, cfg)
-    elif default['ckpt'] is not None:
-        load_model_weights(model_without_ddp, load_checkpoint(default['ckpt']), default['ckpt'],
-                           cfg)
-    if weights_from is not None:
-        note = nds_source_note(cfg, nds_before, model_without_ddp, weights_from)
-        if note is not None:
-            notes.append(note)
-            # The NDS is the checkpoint's: config.resolve's random-NDS warning does not apply.
-            warnings = without_warning(warnings, RANDOM_NDS)
-    if training and not resume and os.path.isfile(last_path):
-        raise ConfigError(f"--out {out_dir} already holds a run (last.pth): pass --resume to "
-                          f"continue it, or choose another --out")
-
-    model_without_ddp.to(ctx.device)
-    model = model_without_ddp
-    if training and ctx.distributed:
-        if ctx.device.type == 'cuda' and network['is_bn']:
-            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model_without_ddp)
-            model_without_ddp = model
-        model = DistributedDataParallel(
-            model_without_ddp, device_ids=[ctx.local_rank] if ctx.device.type == 'cuda' else None,
-            **NO_BUFFER_SYNC_PER_STEP)
+    resume_state, changes, nds_note = load_starting_weights(cfg, out_dir, model_without_ddp,
+                                                            resume, allow_config_change)
+    if nds_note is not None:
+        # The NDS is the checkpoint's: config.resolve's random-NDS warning does not apply.
+        warnings = without_warning(warnings, RANDOM_NDS)
+    if training and not resume:
+        refuse_overwriting(out_dir)
+    model, model_without_ddp = place_model(model_without_ddp, cfg, ctx, training)
 
     # The data first: a run without its data set fails before it writes anything in --out.
     train_loader, test_loader, nds_loader = build_loaders(cfg, ctx, workers)
     outputs = RunOutputs(out_dir, ctx, cfg,
                          results=resume_state.get('results') if resume_state else None,
                          resume=resume)
-    for warning in warnings:
-        outputs.log(f"warning: {warning}")
-    for note in notes:
-        outputs.log(note)
-    if changes:
-        outputs.log(f"warning: resuming with a changed config: "
-                    f"{', '.join(f'{k}={new!r} (was {old!r})' for k, (old, new) in changes.items())}")
-        outputs.results['config'] = cfg
-        outputs.results.setdefault('config_changes', []).append(
-            {'resumed_after_epoch': resume_state['epoch'],
-             'changes': {key: {'from': old, 'to': new} for key, (old, new) in changes.items()}})
+    for line in [f"warning: {warning}" for warning in warnings] + [nds_note]:
+        if line is not None:
+            outputs.log(line)
+    record_config_changes(outputs, cfg, resume_state, changes)
     outputs.log(f"{network['dataset']}: {len(train_loader.dataset)} train / "
                 f"{len(test_loader.dataset)} test samples, {ctx.world_size} process(es) on "
                 f"{ctx.device}, {network['model']} network -> {out_dir}")
@@ -328,63 +167,83 @@ def _run_in_directory(cfg, out_dir, ctx, model_without_ddp, resume, workers, nds
     if training:
         train(model, model_without_ddp, train_loader, test_loader, cfg, ctx, outputs, resume_state)
     if network['save_target']:
-        nds_path = nds_out or os.path.join(out_dir, 'nds.pt')  # the run's own output
-        nds = record_nds(model_without_ddp, nds_loader, ctx, outputs.progress)
-        outputs.save_nds(nds_path, nds)
-        outputs.set_result('nds_file', nds_path)
+        save_nds(model_without_ddp, nds_loader, ctx, outputs,
+                 nds_out or os.path.join(out_dir, 'nds.pt'))  # default: the run's own output
     if default['advtest']:
-        outputs.log(f"adversarial test ({'clamped' if cfg['ATTACK']['clamp'] else 'unclamped'})")
-        rows = adversarial_test(model_without_ddp, test_loader, Normalization.of(network),
-                                attack_bounds(cfg), attack_strengths(cfg), ctx, outputs.progress,
-                                outputs.log)
-        outputs.add_robustness(rows)
+        run_adversarial_test(model_without_ddp, test_loader, cfg, ctx, outputs)
     outputs.set_result('finished', True)
     outputs.close()
     return outputs.results
 
 
+def load_starting_weights(cfg, out_dir, model_without_ddp, resume, allow_config_change):
+    """Load the weights a run starts from: ``<out_dir>/last.pth`` on ``resume``, else
+    ``DEFAULT.ckpt`` (else the initial ones stay). Returns ``(resume checkpoint or None, config
+    changes, the line that says which NDS the TA-LIF layers use, or None)``."""
+    ckpt = cfg['DEFAULT']['ckpt']
+    nds_before = nds_buffers(model_without_ddp)
+    resume_state, changes = None, {}
+    if resume:
+        resume_state, changes = load_resume_point(out_dir, cfg, allow_config_change)
+        weights_from, checkpoint = last_checkpoint(out_dir), resume_state
+    elif ckpt is not None:
+        weights_from, checkpoint = ckpt, load_checkpoint(ckpt)
+    else:
+        return None, {}, None
+    load_model_weights(model_without_ddp, checkpoint, weights_from, cfg)
+    return resume_state, changes, nds_source_note(cfg, nds_before, model_without_ddp, weights_from)
+
+
+def place_model(model_without_ddp, cfg, ctx, training):
+    """``(model, model_without_ddp)`` on the run's device: the model to train is DDP-wrapped
+    under a process group (with SyncBatchNorm for BN networks on GPUs); attacks, evaluation and
+    checkpoints use ``model_without_ddp``."""
+    model_without_ddp.to(ctx.device)
+    if not (training and ctx.distributed):
+        return model_without_ddp, model_without_ddp
+    if ctx.device.type == 'cuda' and cfg['Network']['is_bn']:
+        model_without_ddp = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model_without_ddp)
+    # The buffers (NDS, BN running statistics) are not re-sent from rank 0 before every forward:
+    # the NDS never changes and the BN statistics are broadcast before each evaluation and save
+    # (distributed.broadcast_buffers). The keyword was renamed in recent torch releases.
+    no_buffer_sync = ('forward_sync_buffers'
+                      if 'forward_sync_buffers' in inspect.signature(DistributedDataParallel).parameters
+                      else 'broadcast_buffers')
+    model = DistributedDataParallel(
+        model_without_ddp, device_ids=[ctx.local_rank] if ctx.device.type == 'cuda' else None,
+        **{no_buffer_sync: False})
+    return model, model_without_ddp
+
+
+def save_nds(model_without_ddp, nds_loader, ctx, outputs, path):
+    """Record the NDS over the training set (Network.save_target) and write it to ``path``."""
+    nds = record_nds(model_without_ddp, nds_loader, ctx, outputs.progress)
+    outputs.save_nds(path, nds)
+    outputs.set_result('nds_file', path)
+
+
+def run_adversarial_test(model_without_ddp, test_loader, cfg, ctx, outputs):
+    """The published robustness table (clean, FGSM, R-FGSM, PGD, BIM at every ATTACK.strength)."""
+    outputs.log(f"adversarial test ({'clamped' if cfg['ATTACK']['clamp'] else 'unclamped'})")
+    rows = adversarial_test(model_without_ddp, test_loader, Normalization.of(cfg['Network']),
+                            attack_bounds(cfg), attack_strengths(cfg), ctx, outputs.progress,
+                            outputs.log)
+    outputs.add_robustness(rows)
+
+
+# --- Training -------------------------------------------------------------------------------------
+
 def train(model, model_without_ddp, train_loader, test_loader, cfg, ctx, outputs, resume_state):
     """The training loop of SPEC §7; leaves the best (by clean test accuracy) weights in the model,
     as the published workflow evaluates best.pth."""
-    default, network = cfg['DEFAULT'], cfg['Network']
+    network = cfg['Network']
     optimizer = build_optimizer(model, network['lr'])
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=network['T_max'])
-    adversary = None
-    if default['advtrain']:
-        attack = training_attack(cfg['ATTACK']['ft_method'])
-        eps = Normalization.of(network).to_model_units(train_epsilon(cfg))
-        gradient = parse_gradient_path(cfg['ATTACK']['ft_gradient'])
-        adversary = (attack, eps, attack_bounds(cfg), gradient)
-        outputs.log(f"adversarial training: {attack.name} eps={cfg['ATTACK']['train'][0]}, "
-                    f"crafted with the {gradient_path_name(gradient)} gradient")
-    start_epoch, best = 0, {'epoch': None, 'test_acc': -1.0}
-    best_state = None
+    adversary = build_adversary(cfg, outputs.log)
+    start_epoch, best, best_state = 0, {'epoch': None, 'test_acc': -1.0}, None
     if resume_state is not None:
-        optimizer.load_state_dict(resume_state['optimizer'])
-        scheduler.load_state_dict(resume_state['scheduler'])
-        # The saved states carry the saved lr and T_max; after a change accepted with
-        # --allow-config-change the config's win (untouched otherwise: bit-exact resume).
-        saved = (resume_state.get('config') or {}).get('Network') or {}
-        if saved and (saved.get('lr'), saved.get('T_max')) != (network['lr'], network['T_max']):
-            apply_resumed_hyperparameters(optimizer, scheduler, network)
-        start_epoch = resume_state['epoch'] + 1
-        best = dict(resume_state['best'])
-        best_path = os.path.join(outputs.out_dir, 'best.pth')
-        if os.path.isfile(best_path):
-            best_state = load_checkpoint(best_path)['net']
-        saved_world_size = len(resume_state['rng'])
-        if saved_world_size == ctx.world_size:
-            set_rng_states(resume_state['rng'][ctx.rank])
-        else:
-            # No saved stream for this rank layout: derive each rank's from (seed, epoch, rank).
-            # The DistributedSampler also deals the samples to ranks differently, so the run
-            # goes on correctly but not as the uninterrupted run would have (README).
-            seed_everything(rederived_rng_seed(default['seed'], start_epoch, ctx.rank))
-            outputs.log(f"warning: resuming a {saved_world_size}-process run on "
-                        f"{ctx.world_size}: per-process RNG streams re-derived from the seed, "
-                        f"epoch and rank; the sample order and the global batch change")
-        outputs.log(f"resumed after epoch {resume_state['epoch']}")
-
+        start_epoch, best, best_state = restore_training_state(resume_state, optimizer, scheduler,
+                                                               cfg, ctx, outputs)
     # NaN/Inf in the loss, gradient norm or weights stops the run (naming epoch and step)
     # before any checkpoint holds them; a run at chance with an exploding loss is warned about.
     guard = TrainingGuard(model_without_ddp, ctx, network['n_class'],
@@ -398,11 +257,7 @@ def train(model, model_without_ddp, train_loader, test_loader, cfg, ctx, outputs
             outputs.log(f"warning: {warning}")
         scheduler.step()
         broadcast_buffers(ctx, model_without_ddp)
-        with SpikeMonitor(model_without_ddp) as monitor:  # firing rates of the clean test pass
-            test_acc, n = evaluate(model_without_ddp, test_loader, ctx, outputs.progress)
-        spikes = monitor.stats(ctx)
-        for warning in diagnose(spikes, f"epoch {epoch}, clean test"):
-            outputs.log(f"warning: {warning}")
+        test_acc, n, spikes = test_epoch(model_without_ddp, test_loader, ctx, outputs, epoch)
         metrics = {'epoch': epoch, **metrics, 'test_acc': test_acc, 'test_samples': n,
                    'lr': optimizer.param_groups[0]['lr'], 'firing_rate': spikes['firing_rate'],
                    'predictions': spikes['predictions']}
@@ -412,18 +267,48 @@ def train(model, model_without_ddp, train_loader, test_loader, cfg, ctx, outputs
             best_state = {k: v.detach().cpu().clone() for k, v in model_without_ddp.state_dict().items()}
         outputs.add_epoch(metrics)
         outputs.set_result('best', best)
-        # Each rank's RNG state, so a resumed run continues every stream where it stopped.
-        rngs = all_gather_object(ctx, rng_states())
-        extra = dict(optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
-                     rng=rngs, config=cfg, best=best, results=outputs.results)
-        if is_best:
-            outputs.save_checkpoint('best.pth', model_without_ddp, epoch, **extra)
-        if epoch > 0 and epoch % SAVE_EVERY_EPOCHS == 0:
-            outputs.save_checkpoint(f"epoch_{epoch}.pth", model_without_ddp, epoch, **extra)
-        outputs.save_checkpoint('last.pth', model_without_ddp, epoch, **extra)  # last: resume point
-
+        save_epoch_checkpoints(model_without_ddp, optimizer, scheduler, cfg, ctx, outputs, epoch,
+                               best, is_best)
     if best_state is not None:
         model_without_ddp.load_state_dict(best_state)
         outputs.log(f"using best.pth: epoch {best['epoch']}, clean test accuracy "
                     f"{100 * best['test_acc']:.2f}%")
         outputs.set_result('evaluated', f"best.pth (epoch {best['epoch']})")
+
+
+def build_adversary(cfg, log):
+    """``(attack, eps in model units, bounds, gradient path)`` for adversarial training, or None."""
+    if not cfg['DEFAULT']['advtrain']:
+        return None
+    attack = training_attack(cfg['ATTACK']['ft_method'])
+    eps = Normalization.of(cfg['Network']).to_model_units(train_epsilon(cfg))
+    gradient = parse_gradient_path(cfg['ATTACK']['ft_gradient'])
+    log(f"adversarial training: {attack.name} eps={cfg['ATTACK']['train'][0]}, "
+        f"crafted with the {gradient_path_name(gradient)} gradient")
+    return attack, eps, attack_bounds(cfg), gradient
+
+
+def test_epoch(model_without_ddp, test_loader, ctx, outputs, epoch):
+    """The clean test after an epoch: ``(accuracy, samples, spike statistics of the pass)``; a
+    silent output layer or constant predictions are warned about."""
+    with SpikeMonitor(model_without_ddp) as monitor:
+        test_acc, n = evaluate(model_without_ddp, test_loader, ctx, outputs.progress)
+    spikes = monitor.stats(ctx)
+    for warning in diagnose(spikes, f"epoch {epoch}, clean test"):
+        outputs.log(f"warning: {warning}")
+    return test_acc, n, spikes
+
+
+def save_epoch_checkpoints(model_without_ddp, optimizer, scheduler, cfg, ctx, outputs, epoch, best,
+                           is_best):
+    """best.pth (a new best), epoch_<N>.pth (every SAVE_EVERY_EPOCHS) and last.pth, each with
+    what --resume needs: optimiser, scheduler, every rank's RNG states, config, best, results."""
+    # Each rank's RNG state, so a resumed run continues every stream where it stopped.
+    rngs = all_gather_object(ctx, rng_states())
+    extra = dict(optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
+                 rng=rngs, config=cfg, best=best, results=outputs.results)
+    if is_best:
+        outputs.save_checkpoint('best.pth', model_without_ddp, epoch, **extra)
+    if epoch > 0 and epoch % SAVE_EVERY_EPOCHS == 0:
+        outputs.save_checkpoint(f"epoch_{epoch}.pth", model_without_ddp, epoch, **extra)
+    outputs.save_checkpoint('last.pth', model_without_ddp, epoch, **extra)  # last: resume point
