@@ -1,4 +1,4 @@
-"""Adaptive robustness evaluation of one checkpoint (adaptive.py does the work):
+"""Adaptive robustness evaluation of one checkpoint (robustness/adaptive.py does the work):
 
     python evaluate.py --ckpt best.pth -d 3 --suite quick --samples 1000 --out runs/eval
     python evaluate.py --ckpt best.pth -d 3 --suite full --eps 2/255,4/255,8/255 --threat per-step,static

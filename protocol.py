@@ -7,7 +7,7 @@
        ATTACK.strength, plus two sanity rows: PGD transferred from the partner model (the other
        neuron, same training) and random +-eps sign noise              -> <out>/results.json
        With --suite quick|full, the table adds each model's per-image worst case under
-       adaptive.py's suite (reports in <out>/<model>/robustness-<suite>/).
+       robustness/adaptive.py's suite (reports in <out>/<model>/robustness-<suite>/).
 
     torchrun --standalone --nproc_per_node=2 protocol.py -d 3 --out runs/fashionmnist \\
         --lif-epochs 10 --hosnn-epochs 80 --ft-epochs 5

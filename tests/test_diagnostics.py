@@ -1,7 +1,8 @@
-"""Spike diagnostics (issue 12 item 1): spikes recovered exactly from the layer traces, per-layer
-firing rates in results.json and TensorBoard, the output layer's rate in the robustness tables,
-and the warnings for a silent output layer or constant predictions -- at training time, at
-evaluation time and in protocol.py's table."""
+"""Spike diagnostics -- a network whose output layer never spikes scores chance everywhere and
+must say so: spikes recovered exactly from the layer traces, per-layer firing rates in
+results.json and TensorBoard, the output layer's rate in the robustness tables, and the warnings
+for a silent output layer or constant predictions -- at training time, at evaluation time and in
+protocol.py's table."""
 import glob
 import json
 import os

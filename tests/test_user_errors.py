@@ -1,6 +1,7 @@
-"""User errors are one line and exit status 2 (issue 12 item 8); --resume with a changed config
-(item 4); where the NDS comes from and goes (item 5); runs that do not overwrite each other and
-failed runs that leave nothing behind (item 6); output file modes under umask 022."""
+"""What a user gets wrong ends in one line and exit status 2, never a traceback; --resume with a
+changed config is refused unless allowed, and an allowed change is recorded; the NDS a run uses
+and writes is the one it says; runs do not overwrite each other and failed runs leave nothing
+behind; output files get the usual modes under umask 022."""
 import glob
 import json
 import os
