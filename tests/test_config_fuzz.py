@@ -17,7 +17,7 @@ import yaml
 import main
 from config import PROJECT_ROOT, ConfigError, attack_strengths, input_shape, load_config
 from errors import UserError
-from fixtures import write_mnist_like
+from conftest import SMALL_LAYERS, set_flags, write_mnist_dir
 from layers import Network
 
 NETWORKS = os.path.join(PROJECT_ROOT, 'networks')
@@ -236,25 +236,19 @@ def test_integers_and_strings_are_unchanged():
 
 # --- end to end through main ---------------------------------------------------------------------
 
-SMALL = ['Layers.conv_1.out_channels=4', 'Layers.conv_2.in_channels=4',
-         'Layers.conv_2.out_channels=6', 'Layers.FC_1.n_inputs=96', 'Layers.FC_1.n_outputs=16',
-         'Layers.output.n_inputs=16', 'Network.model=LIF', 'Network.ckpt_v=null',
-         'DEFAULT.train_samples=16', 'DEFAULT.test_samples=8', 'Network.batch_size=8',
-         'Network.epochs=1']
+SMALL = SMALL_LAYERS + ['Network.model=LIF', 'Network.ckpt_v=null', 'DEFAULT.train_samples=16',
+                        'DEFAULT.test_samples=8', 'Network.batch_size=8', 'Network.epochs=1']
 
 
 @pytest.fixture(scope='module')
 def mnist_dir(tmp_path_factory):
-    directory = tmp_path_factory.mktemp('mnist')
-    write_mnist_like(str(directory), 16, 8)
-    return str(directory)
+    return write_mnist_dir(tmp_path_factory, 16, 8)
 
 
 def run(mnist_dir, out, *sets, config=None):
     args = ['--config', config] if config else ['-d', '0']
-    for s in [f'Network.data_path={mnist_dir}', *SMALL, *sets]:
-        args += ['--set', s]
-    return main.main([*args, '--out', out])
+    return main.main([*args, *set_flags([f'Network.data_path={mnist_dir}', *SMALL, *sets]),
+                      '--out', out])
 
 
 @pytest.mark.parametrize('sets', [

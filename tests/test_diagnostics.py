@@ -17,7 +17,7 @@ from training.diagnostics import SpikeMonitor, diagnose, spikes_from_trace
 from runtime.distributed import DistContext
 from layers.neuron import neuron_forward
 from training.experiment import build_loaders, build_model
-from test_main import N_TEST, SMALL_LAYERS, mnist_dir, settings  # noqa: F401 (fixture)
+from conftest import N_TEST, settings
 
 CTX = DistContext()
 SILENT_OUTPUT = 'Layers.output.threshold=1000'  # no output neuron ever reaches it

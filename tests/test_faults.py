@@ -21,7 +21,7 @@ from runtime import rundir
 from runtime.checkpoint import (CheckpointError, OutputWriteError, atomic_write_text,
                                 load_checkpoint, save_checkpoint)
 from training.resume import check_resumable
-from conftest import ROOT
+from conftest import ROOT, SMALL_LAYERS, set_flags, write_mnist_dir
 from runtime.distributed import DistContext
 
 
@@ -304,22 +304,18 @@ def test_fault_hook_is_read_when_training_starts(monkeypatch):
 # ----------------------------------------------------------------------------- end to end (main.py)
 
 N_TRAIN, N_TEST = 48, 16
-from test_main import SMALL_LAYERS  # noqa: E402 -- the small MNIST-architecture network
 
 
 @pytest.fixture(scope='module')
 def mnist_dir(tmp_path_factory):
-    from fixtures import write_mnist_like
-    directory = tmp_path_factory.mktemp('mnist')
-    write_mnist_like(str(directory), N_TRAIN, N_TEST)
-    return str(directory)
+    return write_mnist_dir(tmp_path_factory, N_TRAIN, N_TEST)
 
 
 def cli(mnist_dir, out, *extra, epochs=1, batch=16):
     sets = [f'Network.data_path={mnist_dir}', 'Network.model=LIF', f'Network.epochs={epochs}',
             f'Network.batch_size={batch}', 'Network.ckpt_v=null', 'DEFAULT.advtest=false',
             *SMALL_LAYERS, *extra]
-    return ['-d', '0', '--out', str(out), *[arg for s in sets for arg in ('--set', s)]]
+    return ['-d', '0', '--out', str(out), *set_flags(sets)]
 
 
 def run_main(args, capsys):
