@@ -58,14 +58,14 @@ def get_args_parser():
 
 
 # Evaluation only: no training stage, the checkpoint is the model.
-EVAL_ONLY = ['DEFAULT.cleantrain=false', 'DEFAULT.advtrain=false', 'DEFAULT.advtest=true']
+EVAL_ONLY = ('DEFAULT.cleantrain=false', 'DEFAULT.advtrain=false', 'DEFAULT.advtest=true')
 
 
 def partner_config(args, cfg):
     """The partner's resolved config: --partner-config, else the config stored in its checkpoint
     (our checkpoints keep it), else this config with the other neuron model. The NDS comes with
     the partner's weights, so its ``ckpt_v`` is dropped."""
-    overrides = [f"DEFAULT.ckpt={args.partner}", 'Network.ckpt_v=null'] + EVAL_ONLY
+    overrides = [f"DEFAULT.ckpt={args.partner}", 'Network.ckpt_v=null', *EVAL_ONLY]
     if args.partner_config:
         partner, _ = load_config(args.partner_config, list(args.partner_set) + overrides)
         return partner
@@ -86,7 +86,7 @@ def partner_config(args, cfg):
 
 
 def prepare(args):
-    args.set = list(args.set) + [f"DEFAULT.ckpt={args.ckpt}"] + EVAL_ONLY
+    args.set = [*args.set, f"DEFAULT.ckpt={args.ckpt}", *EVAL_ONLY]
     if args.samples is not None:
         if args.samples < 1:
             raise ConfigError(f"--samples must be >= 1, got {args.samples}")

@@ -1,7 +1,7 @@
 """Checkpoints in the released format ``{'net': state_dict (keys 'module.*'), 'epoch': int}`` -- so the
 published code can read ours -- plus what resuming needs (optimiser, scheduler, RNG states, the
-resolved config, the best accuracy: training/resume.py reads them back). Written atomically; read with ``weights_only=True``; a
-checkpoint holding NaN/Inf weights is neither written nor read."""
+resolved config, the best accuracy; training/resume.py reads them back). Written atomically; read
+with ``weights_only=True``; a checkpoint holding NaN/Inf weights is neither written nor read."""
 import errno
 import io
 import os

@@ -17,7 +17,7 @@ from conftest import ROOT
 from errors import UserError
 from datasets import (DATASETS, INPUT_SHAPES, N_CLASSES, NORMALISATION, DataFileError, DatasetNotFound,
                       build_datasets, dataset_by_index, yaml_path)
-from datasets.fixtures import _cifar_rows, _pickle, _write_idx
+from datasets.fixtures import _pickle, _write_idx
 from datasets.safe_pickle import load_data_pickle
 
 

@@ -105,7 +105,7 @@ def build_loaders(cfg, ctx, workers):
     return train_loader, test_loader, nds_loader
 
 
-# --- One run ---------------------------------------------------------------------------------------
+# --- One run --------------------------------------------------------------------------------------
 
 def run_experiment(cfg, out_dir, ctx, resume=False, workers=None, nds_out=None, warnings=(),
                    allow_config_change=False):
@@ -206,8 +206,8 @@ def place_model(model_without_ddp, cfg, ctx, training):
     # The buffers (NDS, BN running statistics) are not re-sent from rank 0 before every forward:
     # the NDS never changes and the BN statistics are broadcast before each evaluation and save
     # (distributed.broadcast_buffers). The keyword was renamed in recent torch releases.
-    no_buffer_sync = ('forward_sync_buffers'
-                      if 'forward_sync_buffers' in inspect.signature(DistributedDataParallel).parameters
+    ddp_keywords = inspect.signature(DistributedDataParallel).parameters
+    no_buffer_sync = ('forward_sync_buffers' if 'forward_sync_buffers' in ddp_keywords
                       else 'broadcast_buffers')
     model = DistributedDataParallel(
         model_without_ddp, device_ids=[ctx.local_rank] if ctx.device.type == 'cuda' else None,
