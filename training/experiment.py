@@ -154,9 +154,10 @@ def _run_in_directory(cfg, out_dir, ctx, model_without_ddp, resume, workers, nds
     outputs = RunOutputs(out_dir, ctx, cfg,
                          results=resume_state.get('results') if resume_state else None,
                          resume=resume)
-    for line in [f"warning: {warning}" for warning in warnings] + [nds_note]:
-        if line is not None:
-            outputs.log(line)
+    for warning in warnings:
+        outputs.log(f"warning: {warning}")
+    if nds_note is not None:
+        outputs.log(nds_note)
     record_config_changes(outputs, cfg, resume_state, changes)
     outputs.log(f"{network['dataset']}: {len(train_loader.dataset)} train / "
                 f"{len(test_loader.dataset)} test samples, {ctx.world_size} process(es) on "
