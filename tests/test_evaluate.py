@@ -14,6 +14,7 @@ import evaluate
 import main
 from errors import UserError
 from conftest import ROOT, SMALL_LAYERS, set_flags, write_mnist_dir
+from fixtures import write_mnist_like
 
 N_TRAIN, N_TEST = 64, 9  # 9: two ranks get unequal shards
 SMALL = SMALL_LAYERS + ['Network.ckpt_v=null', 'Network.batch_size=16']
