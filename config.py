@@ -14,6 +14,7 @@ from layers import (ConfigError, NetworkSettings, layer_shapes, parse_gradient_p
                     unknown_layer_keys)
 from layers.gradients import PUBLISHED as PUBLISHED_GRADIENT, gradient_path_name
 from layers.config_keys import get_bool, get_choice, get_number, get_pair, read_fraction, show
+from errors import CodedWarning
 from attack import FT_METHODS  # ATTACK.ft_method: the attacks of usage 'train' (attack.ATTACKS)
 from runtime.paths import PROJECT_ROOT, resolve_input_path
 
@@ -32,6 +33,9 @@ ATTACK_KEYS = {'strength', 'train', 'ft_method', 'ft_gradient', 'clamp'}
 # The published kernel-loss code (MNIST/CIFAR10) fixed the cosine period at 200 epochs; the softmax
 # code (CIFAR100) used the number of epochs.
 PUBLISHED_KERNEL_T_MAX = 200
+# The code of resolve's warning that a TA-LIF network without Network.ckpt_v gets the published
+# random NDS; callers whose network takes its NDS from a checkpoint drop the warning by this code.
+RANDOM_NDS = 'random-nds'
 
 # Bounds on what a config may ask for: far beyond every published setting, and refused with a
 # one-line error before anything runs (instead of a hang, or an allocation that kills the machine).
@@ -268,8 +272,9 @@ def resolve(raw):
         if settings.ckpt_v is not None:
             check_nds_file(settings, plan)
         else:
-            warnings.append("Network.model is ALIF but Network.ckpt_v is null: the TA-LIF layers use "
-                            "the published random NDS (U(0,1) conv, 0.5 linear), not a recorded one")
+            warnings.append(CodedWarning(
+                RANDOM_NDS, "Network.model is ALIF but Network.ckpt_v is null: the TA-LIF layers use "
+                "the published random NDS (U(0,1) conv, 0.5 linear), not a recorded one"))
 
     attack = cfg['ATTACK']
     attack.setdefault('strength', [])

@@ -1,4 +1,4 @@
-"""Adaptive robustness evaluation of one checkpoint (adaptive.py does the work):
+"""Adaptive robustness evaluation of one checkpoint (robustness/adaptive.py does the work):
 
     python evaluate.py --ckpt best.pth -d 3 --suite quick --samples 1000 --out runs/eval
     python evaluate.py --ckpt best.pth -d 3 --suite full --eps 2/255,4/255,8/255 --threat per-step,static
@@ -18,8 +18,11 @@ import sys
 from robustness import adaptive
 from robustness import adaptive_attacks
 from runtime.checkpoint import load_checkpoint
-from config import ConfigError, apply_overrides, load_config, resolve
-from training.runner import add_config_arguments, build_model, config_from_args, run_cli, seed_everything
+from config import RANDOM_NDS, ConfigError, apply_overrides, load_config, resolve
+from errors import without_warning
+from runtime.rng import seed_everything
+from training.cli import add_config_arguments, config_from_args, run_cli
+from training.experiment import build_model
 
 CLAMP_CHOICES = ('config', 'true', 'false', 'both')
 
@@ -55,14 +58,14 @@ def get_args_parser():
 
 
 # Evaluation only: no training stage, the checkpoint is the model.
-EVAL_ONLY = ['DEFAULT.cleantrain=false', 'DEFAULT.advtrain=false', 'DEFAULT.advtest=true']
+EVAL_ONLY = ('DEFAULT.cleantrain=false', 'DEFAULT.advtrain=false', 'DEFAULT.advtest=true')
 
 
 def partner_config(args, cfg):
     """The partner's resolved config: --partner-config, else the config stored in its checkpoint
     (our checkpoints keep it), else this config with the other neuron model. The NDS comes with
     the partner's weights, so its ``ckpt_v`` is dropped."""
-    overrides = [f"DEFAULT.ckpt={args.partner}", 'Network.ckpt_v=null'] + EVAL_ONLY
+    overrides = [f"DEFAULT.ckpt={args.partner}", 'Network.ckpt_v=null', *EVAL_ONLY]
     if args.partner_config:
         partner, _ = load_config(args.partner_config, list(args.partner_set) + overrides)
         return partner
@@ -83,13 +86,13 @@ def partner_config(args, cfg):
 
 
 def prepare(args):
-    args.set = list(args.set) + [f"DEFAULT.ckpt={args.ckpt}"] + EVAL_ONLY
+    args.set = [*args.set, f"DEFAULT.ckpt={args.ckpt}", *EVAL_ONLY]
     if args.samples is not None:
         if args.samples < 1:
             raise ConfigError(f"--samples must be >= 1, got {args.samples}")
         args.set.append(f"DEFAULT.test_samples={args.samples}")
     cfg, warnings, _ = config_from_args(args)
-    warnings = [w for w in warnings if 'Network.ckpt_v is null' not in w]  # the NDS is in the weights
+    warnings = without_warning(warnings, RANDOM_NDS)  # the NDS is in the weights
     try:
         eps_list = ([adaptive_attacks.parse_eps(e) for e in args.eps.split(',') if e.strip()]
                     if args.eps else [adaptive_attacks.parse_eps(e, f"ATTACK.strength[{i}]")

@@ -5,7 +5,7 @@
     python main.py -d 0 --set DEFAULT.cleantrain=false --set DEFAULT.ckpt=released.pth
 
 The experiment is the YAML (``networks/*.yaml``, or ``--config``); ``--set`` overrides single keys.
-The work is done by runner.run_experiment; this file is its command line.
+The work is done by training.experiment.run_experiment; this file is its command line.
 """
 import argparse
 import copy
@@ -14,7 +14,8 @@ import re
 import sys
 
 from config import ConfigError
-from training.runner import add_config_arguments, config_from_args, default_run_name, run_cli, run_experiment
+from training.cli import add_config_arguments, config_from_args, default_run_name, run_cli
+from training.experiment import run_experiment
 
 
 def get_args_parser():

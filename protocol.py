@@ -7,13 +7,14 @@
        ATTACK.strength, plus two sanity rows: PGD transferred from the partner model (the other
        neuron, same training) and random +-eps sign noise              -> <out>/results.json
        With --suite quick|full, the table adds each model's per-image worst case under
-       adaptive.py's suite (reports in <out>/<model>/robustness-<suite>/).
+       robustness/adaptive.py's suite (reports in <out>/<model>/robustness-<suite>/).
 
     torchrun --standalone --nproc_per_node=2 protocol.py -d 3 --out runs/fashionmnist \\
         --lif-epochs 10 --hosnn-epochs 80 --ft-epochs 5
 
-Every stage is a normal run of runner.run_experiment, main.py's code (checkpoints, results.json,
-TensorBoard in its directory). ``--resume`` skips finished stages and resumes an interrupted one.
+Every stage is a normal run of training.experiment.run_experiment, main.py's code (checkpoints,
+results.json, TensorBoard in its directory). ``--resume`` skips finished stages and resumes an
+interrupted one.
 """
 import argparse
 import contextlib
@@ -22,23 +23,19 @@ import json
 import os
 import sys
 import time
-from fractions import Fraction
 
 from robustness import adaptive
 from robustness import adaptive_attacks
 from attack import Normalization, attack_bounds, attacks_for, training_attack
-from config import ConfigError, attack_strengths
-from training.diagnostics import SpikeMonitor, diagnose, format_rate
+from config import RANDOM_NDS, ConfigError, attack_strengths
+from errors import without_warning
+from training.diagnostics import SpikeMonitor, diagnose
 from training.engine import accuracy_under_attack
 from runtime.outputs import RunOutputs
-from training.runner import (add_config_arguments, build_loaders, build_model, config_from_args, run_cli,
-                    run_experiment, seed_everything)
-
-MODELS = ('lif_clean', 'hosnn_clean', 'lif_ft', 'hosnn_ft')
-PARTNER = {'lif_clean': 'hosnn_clean', 'hosnn_clean': 'lif_clean', 'lif_ft': 'hosnn_ft',
-           'hosnn_ft': 'lif_ft'}
-TITLES = {'lif_clean': 'LIF clean-trained', 'hosnn_clean': 'HoSNN clean-trained',
-          'lif_ft': 'LIF {ft}-trained', 'hosnn_ft': 'HoSNN {ft}-trained'}
+from runtime.rng import seed_everything
+from training.cli import add_config_arguments, config_from_args, run_cli
+from training.experiment import build_loaders, build_model, run_experiment
+from training.protocol_table import MODELS, PARTNER, TITLES, format_markdown_table
 
 
 def get_args_parser():
@@ -144,21 +141,6 @@ def robustness_table(models, stage_cfgs, loader, strengths, ctx, outputs, ft):
     return list(table.values()), warnings
 
 
-def format_markdown_table(rows, ft):
-    titles = [TITLES[name].format(ft=ft) for name in MODELS]
-    lines = ['| attack | eps | ' + ' | '.join(titles) + ' | samples |',
-             '|---|---|' + '---:|' * len(MODELS) + '---:|']
-    for row in rows:
-        eps = str(Fraction(row['eps']).limit_denominator(1000))
-        cells = [f"{100 * row[name]:.2f}" if name in row else '' for name in MODELS]
-        lines.append(f"| {row['attack']} | {eps} | " + ' | '.join(cells) + f" | {row['n_samples']} |")
-    clean = next((row for row in rows if row['attack'] == 'clean' and 'output_rate' in row), None)
-    if clean is not None:  # mean spikes per output neuron per step; n/a: a softmax read-out
-        lines.append('| output-layer firing rate (clean) | | ' + ' | '.join(
-            format_rate(clean['output_rate'].get(name)) for name in MODELS) + ' | |')
-    return '\n'.join(lines)
-
-
 def run_protocol(args, base, warnings, ctx):
     out_dir = args.out
     nds_path, stages = stage_configs(base, out_dir, args)
@@ -219,7 +201,7 @@ def prepare(args):
     if not base['ATTACK']['train']:
         raise ConfigError("ATTACK.train is empty: the fine-tuning stages need an eps")
     # The stages set model and ckpt_v themselves: the base config's NDS warning does not apply.
-    warnings = [w for w in warnings if 'Network.ckpt_v is null' not in w]
+    warnings = without_warning(warnings, RANDOM_NDS)
     return base, warnings
 
 

@@ -12,7 +12,7 @@ published code.  The files are looked for, in this order:
 3. by torchvision's download into ``data_path`` (``download=True`` only).
 
 If all of this fails, DatasetNotFound says which files to put where.  Files that are there
-but unusable (malformed, crafted, inconsistent, empty) raise DatasetError, one line naming
+but unusable (malformed, crafted, inconsistent, empty) raise DataFileError, one line naming
 the file.  No file is unpickled with plain ``pickle`` (datasets/safe_pickle.py).
 Importing this package has no side effects and does not import torchvision.
 """
@@ -21,10 +21,10 @@ import os
 import socket
 import types
 
-from .errors import DatasetError, DatasetNotFound
+from .errors import DataFileError, DatasetNotFound
 from .registry import DATASETS, DatasetSpec, dataset_by_index, yaml_path
 
-__all__ = ['DATASETS', 'DatasetSpec', 'DatasetError', 'DatasetNotFound', 'build_datasets',
+__all__ = ['DATASETS', 'DatasetSpec', 'DataFileError', 'DatasetNotFound', 'build_datasets',
            'dataset_by_index', 'yaml_path', 'INPUT_SHAPES', 'N_CLASSES', 'NORMALISATION']
 
 # Views of the registry under the names other modules have always imported (read-only).

@@ -13,7 +13,7 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
-from .errors import DatasetError
+from .errors import DataFileError
 from .safe_pickle import load_data_pickle
 
 _ROW = 3 * 32 * 32  # one image: the R, G and B planes of 32x32 bytes
@@ -43,10 +43,10 @@ class CIFARDataset(Dataset):
 def _load_dict(path, required):
     entry = load_data_pickle(path)
     if not isinstance(entry, dict):
-        raise DatasetError(f'{path}: expected a dict, the file holds a {type(entry).__name__}')
+        raise DataFileError(f'{path}: expected a dict, the file holds a {type(entry).__name__}')
     missing = [key for key in required if key not in entry]
     if missing:
-        raise DatasetError(f'{path}: missing key{"s" if len(missing) > 1 else ""} '
+        raise DataFileError(f'{path}: missing key{"s" if len(missing) > 1 else ""} '
                            f'{", ".join(map(repr, missing))} (has {", ".join(map(repr, entry))})')
     return entry
 
@@ -59,15 +59,15 @@ def read_batch(path, label_key, n_class):
             and data.shape[1] == _ROW):
         found = (f'{data.dtype} array of shape {list(data.shape)}' if isinstance(data, np.ndarray)
                  else type(data).__name__)
-        raise DatasetError(f"{path}: 'data' must be a uint8 array [N, {_ROW}] (32x32 RGB rows), "
+        raise DataFileError(f"{path}: 'data' must be a uint8 array [N, {_ROW}] (32x32 RGB rows), "
                            f'found {found}')
     if not isinstance(labels, (list, tuple, np.ndarray)):
-        raise DatasetError(f"{path}: {label_key!r} must be a list of ints, found {type(labels).__name__}")
+        raise DataFileError(f"{path}: {label_key!r} must be a list of ints, found {type(labels).__name__}")
     array = np.asarray(labels)
     if array.ndim != 1 or (array.size and array.dtype.kind not in 'iu'):
-        raise DatasetError(f"{path}: {label_key!r} must be a list of ints")
+        raise DataFileError(f"{path}: {label_key!r} must be a list of ints")
     if len(array) != len(data):
-        raise DatasetError(f"{path}: {len(data)} images but {len(array)} labels in {label_key!r}")
+        raise DataFileError(f"{path}: {len(data)} images but {len(array)} labels in {label_key!r}")
     _check_label_range(path, array, n_class)
     return data, array.tolist()  # python ints, as torchvision's targets
 
@@ -76,7 +76,7 @@ def _check_label_range(path, labels, n_class):
     bad = (labels < 0) | (labels >= n_class)
     if bad.any():
         index = int(np.flatnonzero(bad)[0])
-        raise DatasetError(f'{path}: label {labels[index]} (sample {index}) is outside 0..{n_class - 1}')
+        raise DataFileError(f'{path}: label {labels[index]} (sample {index}) is outside 0..{n_class - 1}')
 
 
 def read_cifar(spec, directory, label_key, names_key):
@@ -84,7 +84,7 @@ def read_cifar(spec, directory, label_key, names_key):
     meta_path = spec.path_of(directory, spec.extra_files[0])
     classes = _load_dict(meta_path, (names_key,))[names_key]
     if not (isinstance(classes, list) and len(classes) == spec.n_class):
-        raise DatasetError(f'{meta_path}: {names_key!r} must list the {spec.n_class} class names')
+        raise DataFileError(f'{meta_path}: {names_key!r} must list the {spec.n_class} class names')
 
     def split(files, train):
         paths = [spec.path_of(directory, file_name) for file_name in files]
@@ -93,7 +93,7 @@ def read_cifar(spec, directory, label_key, names_key):
         data = np.vstack([rows for rows, _ in batches]).reshape(-1, 3, 32, 32).transpose((0, 2, 3, 1))
         targets = [label for _, labels in batches for label in labels]
         if not targets:
-            raise DatasetError(f'{os.path.dirname(paths[0])}: {", ".join(files)} hold no samples')
+            raise DataFileError(f'{os.path.dirname(paths[0])}: {", ".join(files)} hold no samples')
         return CIFARDataset(data, targets, classes, spec.transform(train))
 
     return split(spec.train_files, True), split(spec.test_files, False)

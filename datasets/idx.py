@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .errors import DatasetError
+from .errors import DataFileError
 
 _UNSIGNED_BYTE = 0x08  # idx type code of uint8 data, the only type MNIST-type files use
 
@@ -23,31 +23,31 @@ def read_idx(path):
 
     Layout: two zero bytes, the type code, the number of dimensions n, then n big-endian
     int32 sizes, then the data in row-major order.  A file that is not exactly this (or not
-    valid gzip) raises DatasetError naming the file and what is wrong.
+    valid gzip) raises DataFileError naming the file and what is wrong.
     """
     opener = gzip.open if path.endswith('.gz') else open
     try:
         with opener(path, 'rb') as f:
             raw = f.read()
     except gzip.BadGzipFile:
-        raise DatasetError(f'{path}: not a gzip file (the name ends in .gz)') from None
+        raise DataFileError(f'{path}: not a gzip file (the name ends in .gz)') from None
     except (EOFError, zlib.error) as error:
-        raise DatasetError(f'{path}: truncated or corrupt gzip data ({error})') from None
+        raise DataFileError(f'{path}: truncated or corrupt gzip data ({error})') from None
     except OSError as error:
-        raise DatasetError(f'{path}: cannot be read ({error.strerror or error})') from None
+        raise DataFileError(f'{path}: cannot be read ({error.strerror or error})') from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != _UNSIGNED_BYTE:
-        raise DatasetError(f'{path}: not an idx file of unsigned bytes (magic number '
+        raise DataFileError(f'{path}: not an idx file of unsigned bytes (magic number '
                            f'{raw[:4].hex() or "missing"}, expected 000008xx)')
     ndim = raw[3]
     header = 4 + 4 * ndim
     if len(raw) < header:
-        raise DatasetError(f'{path}: header announces {ndim} dimensions but the file ends after '
+        raise DataFileError(f'{path}: header announces {ndim} dimensions but the file ends after '
                            f'{len(raw)} bytes (truncated or corrupt file?)')
     shape = tuple(int(s) for s in np.frombuffer(raw, dtype='>i4', count=ndim, offset=4))
     # Python ints: a crafted header's product must not overflow into a plausible size.
     expected = math.prod(shape)
     if min(shape, default=0) < 0 or expected != len(raw) - header:
-        raise DatasetError(f'{path}: header announces shape {list(shape)} but the file holds '
+        raise DataFileError(f'{path}: header announces shape {list(shape)} but the file holds '
                            f'{len(raw) - header} values (truncated or corrupt file?)')
     data = np.frombuffer(raw, dtype=np.uint8, offset=header)
     # copy: frombuffer over immutable bytes gives a read-only array, which torch warns about.
@@ -59,19 +59,19 @@ def read_idx_split(images_path, labels_path, image_size, n_class):
     against the data set (image size, labels in 0..n_class-1, at least one sample)."""
     images, labels = read_idx(images_path), read_idx(labels_path)
     if images.dim() != 3 or tuple(images.shape[1:]) != tuple(image_size):
-        raise DatasetError(f'{images_path}: expected images [N, {image_size[0]}, {image_size[1]}], '
+        raise DataFileError(f'{images_path}: expected images [N, {image_size[0]}, {image_size[1]}], '
                            f'the header says {list(images.shape)}')
     if labels.dim() != 1:
-        raise DatasetError(f'{labels_path}: expected labels [N], the header says {list(labels.shape)}')
+        raise DataFileError(f'{labels_path}: expected labels [N], the header says {list(labels.shape)}')
     if len(labels) != len(images):
-        raise DatasetError(f'{labels_path}: {len(labels)} labels for the {len(images)} images of '
+        raise DataFileError(f'{labels_path}: {len(labels)} labels for the {len(images)} images of '
                            f'{images_path}')
     if len(images) == 0:
-        raise DatasetError(f'{images_path}: holds no samples')
+        raise DataFileError(f'{images_path}: holds no samples')
     bad = labels >= n_class  # uint8: never negative
     if bad.any():
         index = int(bad.nonzero()[0, 0])
-        raise DatasetError(f'{labels_path}: label {int(labels[index])} (sample {index}) is outside '
+        raise DataFileError(f'{labels_path}: label {int(labels[index])} (sample {index}) is outside '
                            f'0..{n_class - 1}')
     return images, labels
 

@@ -12,7 +12,7 @@ import pickle
 
 import numpy as np
 
-from .errors import DatasetError
+from .errors import DataFileError
 
 try:  # numpy >= 2 (the files it writes name numpy._core; older files name numpy.core)
     from numpy._core import multiarray as _multiarray
@@ -63,15 +63,15 @@ class DataUnpickler(pickle.Unpickler):
         try:
             return self.admitted[(module, name)]
         except KeyError:
-            raise DatasetError(f"{self.path}: refusing to unpickle {module}.{name}: a data file holds "
+            raise DataFileError(f"{self.path}: refusing to unpickle {module}.{name}: a data file holds "
                                "only arrays, lists, strings and numbers (crafted or corrupt file?)") from None
 
     def persistent_load(self, pid):
-        raise DatasetError(f'{self.path}: refusing a pickle persistent id (not a plain data file)')
+        raise DataFileError(f'{self.path}: refusing a pickle persistent id (not a plain data file)')
 
 
 def load_data_pickle(path, encoding='latin1'):
-    """Unpickle the data file `path` with DataUnpickler; every failure is a one-line DatasetError.
+    """Unpickle the data file `path` with DataUnpickler; every failure is a one-line DataFileError.
 
     encoding='latin1', as torchvision reads CIFAR: the Python 2 strings of the official files
     (including the array bytes) come back unchanged.
@@ -79,13 +79,13 @@ def load_data_pickle(path, encoding='latin1'):
     try:
         with open(path, 'rb') as f:
             return DataUnpickler(f, path, encoding=encoding).load()
-    except DatasetError:
+    except DataFileError:
         raise
     except OSError as error:
-        raise DatasetError(f'{path}: cannot be read ({error.strerror or error})') from None
+        raise DataFileError(f'{path}: cannot be read ({error.strerror or error})') from None
     # A truncated or garbled pickle fails in many ways (EOFError, UnpicklingError, ValueError from
     # numpy's __setstate__, TypeError from a call with wrong arguments, ...): all mean "bad file".
     except Exception as error:  # noqa: BLE001
         detail = str(error).splitlines()[0] if str(error) else ''
-        raise DatasetError(f'{path}: not a readable data pickle ({type(error).__name__}'
+        raise DataFileError(f'{path}: not a readable data pickle ({type(error).__name__}'
                            f'{": " + detail if detail else ""})') from None

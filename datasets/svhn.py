@@ -9,7 +9,7 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
-from .errors import DatasetError
+from .errors import DataFileError
 
 
 class SVHNDataset(Dataset):
@@ -38,32 +38,32 @@ def read_mat(path, n_class):
     # NotImplementedError for MATLAB 7.3 / HDF5 files, ...): all mean "not a usable SVHN file".
     except Exception as error:  # noqa: BLE001
         detail = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise DatasetError(f'{path}: not a readable MATLAB file ({detail})') from None
+        raise DataFileError(f'{path}: not a readable MATLAB file ({detail})') from None
     missing = [key for key in ('X', 'y') if key not in loaded]
     if missing:
         found = ', '.join(repr(k) for k in loaded if not k.startswith('__')) or 'no variables'
-        raise DatasetError(f"{path}: missing variable{'s' if len(missing) > 1 else ''} "
+        raise DataFileError(f"{path}: missing variable{'s' if len(missing) > 1 else ''} "
                            f"{', '.join(map(repr, missing))} (has {found})")
     images, labels = loaded['X'], loaded['y']
     if not (images.dtype == np.uint8 and images.ndim == 4 and images.shape[:3] == (32, 32, 3)):
-        raise DatasetError(f"{path}: 'X' must be uint8 [32, 32, 3, N], found {images.dtype} "
+        raise DataFileError(f"{path}: 'X' must be uint8 [32, 32, 3, N], found {images.dtype} "
                            f"{list(images.shape)}")
     n = images.shape[3]
     if labels.dtype.kind not in 'iuf' or labels.shape not in ((n, 1), (1, n), (n,)):
-        raise DatasetError(f"{path}: 'y' must hold {n} labels as [N, 1] numbers, found {labels.dtype} "
+        raise DataFileError(f"{path}: 'y' must hold {n} labels as [N, 1] numbers, found {labels.dtype} "
                            f"{list(labels.shape)}")
     if labels.dtype.kind == 'f' and not np.array_equal(labels, np.round(labels)):
-        raise DatasetError(f"{path}: 'y' holds non-integer labels")
+        raise DataFileError(f"{path}: 'y' holds non-integer labels")
     # As torchvision: int64, the digit 0 is stored as 10; images to [N, C, H, W].
     labels = labels.astype(np.int64).reshape(-1)
     np.place(labels, labels == 10, 0)
     bad = (labels < 0) | (labels >= n_class)
     if bad.any():
         index = int(np.flatnonzero(bad)[0])
-        raise DatasetError(f"{path}: label {labels[index]} (sample {index}) is outside 1..{n_class} "
+        raise DataFileError(f"{path}: label {labels[index]} (sample {index}) is outside 1..{n_class} "
                            f"(10 stands for the digit 0)")
     if n == 0:
-        raise DatasetError(f'{path}: holds no samples')
+        raise DataFileError(f'{path}: holds no samples')
     return np.transpose(images, (3, 2, 0, 1)), labels
 
 

@@ -7,6 +7,8 @@ import re
 from fractions import Fraction
 import numbers
 
+from errors import UserError
+
 _MISSING = object()
 
 # Real-valued keys stay well inside float32's range (3.4e38), so no value turns into inf (or its
@@ -24,7 +26,7 @@ MAX_SCALE = 1000
 MAX_ELEMENTS = 2**30
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A configuration mistake. The message names the key (``Section.key``) and, where known,
     the file."""
 

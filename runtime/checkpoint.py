@@ -1,29 +1,28 @@
 """Checkpoints in the released format ``{'net': state_dict (keys 'module.*'), 'epoch': int}`` -- so the
 published code can read ours -- plus what resuming needs (optimiser, scheduler, RNG states, the
-resolved config, the best accuracy). Written atomically; read with ``weights_only=True``; a
-checkpoint holding NaN/Inf weights is neither written nor read."""
+resolved config, the best accuracy; training/resume.py reads them back). Written atomically; read
+with ``weights_only=True``; a checkpoint holding NaN/Inf weights is neither written nor read."""
 import errno
 import io
 import os
 import pickle
-import random
 import tempfile
 
-import numpy as np
 import torch
 
+from errors import UserError
+
 RELEASED_PREFIX = 'module.'
-RESUME_KEYS = ('optimizer', 'scheduler', 'rng', 'best')  # what save_checkpoint adds for --resume
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError):
     """A checkpoint that cannot be used; the message names the file."""
 
 
-class OutputError(CheckpointError):
+class OutputWriteError(UserError):
     """A run output (checkpoint, results, the run directory) that cannot be written: full disk,
-    read-only file system, a path through a file, no permission. A user error (exit status 2),
-    like every CheckpointError; the message is one line naming the path."""
+    read-only file system, a path through a file, no permission. The message is one line naming
+    the path."""
 
 
 def first_line(exc):
@@ -47,22 +46,22 @@ def _blocking_file(path):
 
 def output_error(exc, path):
     """Translate an OSError raised while creating or writing ``path`` into a one-line
-    OutputError naming the path (a full disk, a read-only mount, a file in the way, ...)."""
+    OutputWriteError naming the path (a full disk, a read-only mount, a file in the way, ...)."""
     directory = os.path.dirname(os.path.abspath(path)) or '/'
     code = getattr(exc, 'errno', None)
     if code in (errno.ENOSPC, errno.EDQUOT):
-        return OutputError(f"no space left on {directory} (writing '{path}')")
+        return OutputWriteError(f"no space left on {directory} (writing '{path}')")
     if code == errno.EROFS:
-        return OutputError(f"{directory} is on a read-only file system (writing '{path}')")
+        return OutputWriteError(f"{directory} is on a read-only file system (writing '{path}')")
     if code in (errno.ENOTDIR, errno.EEXIST):
         blocker = _blocking_file(path)
         if blocker is not None:
-            return OutputError(f"'{blocker}' is a file, not a directory (writing '{path}')")
+            return OutputWriteError(f"'{blocker}' is a file, not a directory (writing '{path}')")
     if code in (errno.EACCES, errno.EPERM):
-        return OutputError(f"no permission to write in {directory} (writing '{path}')")
+        return OutputWriteError(f"no permission to write in {directory} (writing '{path}')")
     if code == errno.EISDIR:
-        return OutputError(f"'{path}' is a directory")
-    return OutputError(f"cannot write '{path}': {getattr(exc, 'strerror', None) or first_line(exc)}")
+        return OutputWriteError(f"'{path}' is a directory")
+    return OutputWriteError(f"cannot write '{path}': {getattr(exc, 'strerror', None) or first_line(exc)}")
 
 
 def current_umask():
@@ -86,7 +85,7 @@ def atomic_write(path, write):
     replaces a good one. The bytes are produced in memory first: torch.save streaming into a
     file on a full disk fails with an opaque zip-writer error, plain writes with ENOSPC. The
     file gets the permissions of a normal ``open()`` (0o666 & ~umask), not mkstemp's 0o600.
-    Any OSError becomes a one-line OutputError naming the path."""
+    Any OSError becomes a one-line OutputWriteError naming the path."""
     buffer = io.BytesIO()
     write(buffer)
     data = buffer.getbuffer()
@@ -129,31 +128,6 @@ def released_state_dict(model_without_ddp):
     """The state dict with the ``module.`` keys of the released (DDP-saved) checkpoints."""
     return {RELEASED_PREFIX + key: value.detach().cpu()
             for key, value in model_without_ddp.state_dict().items()}
-
-
-def rng_states():
-    """Every RNG the training touches, as plain tensors/ints (loadable with weights_only)."""
-    np_state = np.random.get_state()
-    states = {
-        'torch': torch.get_rng_state(),
-        'python': random.getstate(),
-        'numpy': {'keys': torch.from_numpy(np_state[1].astype(np.int64)), 'pos': int(np_state[2]),
-                  'has_gauss': int(np_state[3]), 'cached_gaussian': float(np_state[4])},
-    }
-    if torch.cuda.is_available():
-        states['cuda'] = torch.cuda.get_rng_state_all()
-    return states
-
-
-def set_rng_states(states):
-    torch.set_rng_state(states['torch'])
-    version, internal, gauss = states['python']
-    random.setstate((version, tuple(internal), gauss))
-    np_state = states['numpy']
-    np.random.set_state(('MT19937', np_state['keys'].numpy().astype(np.uint32), np_state['pos'],
-                         np_state['has_gauss'], np_state['cached_gaussian']))
-    if 'cuda' in states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states['cuda'])
 
 
 def first_nonfinite(state_dict):
@@ -214,20 +188,6 @@ def load_checkpoint(path):
     return checkpoint
 
 
-def check_resumable(checkpoint, path):
-    """``--resume`` needs the optimiser, scheduler, RNG and best-accuracy state this project
-    saves; a released-format file (``{'net', 'epoch'}`` only) has the weights alone."""
-    missing = [key for key in RESUME_KEYS if key not in checkpoint]
-    if missing:
-        raise CheckpointError(
-            f"--resume: '{path}' holds weights only (no {', '.join(missing)}): it is a released "
-            f"or exported checkpoint, not a resume point; to start from its weights use "
-            f"--set DEFAULT.ckpt={path} with a new --out")
-    if not isinstance(checkpoint['rng'], list) or not checkpoint['rng']:
-        raise CheckpointError(f"--resume: '{path}' has no per-process RNG states")
-    return checkpoint
-
-
 def load_weights(model_without_ddp, checkpoint, path):
     """Strict load of ``checkpoint['net']`` (with or without ``module.``); a mismatch is a
     CheckpointError naming the file and the keys."""
@@ -238,9 +198,3 @@ def load_weights(model_without_ddp, checkpoint, path):
         raise CheckpointError(f"checkpoint '{path}' does not fit the network of the config: "
                               f"{message[:600]}") from None
 
-
-def rederived_rng_seed(seed, epoch, rank):
-    """The seed of rank ``rank``'s RNG streams when a run is resumed at ``epoch`` on another
-    number of processes (the saved per-rank states do not fit): a pure function of the three,
-    distinct from the start-of-run seeds ``seed + 1000 * rank``."""
-    return seed + 1000 * rank + 1_000_003 * (epoch + 1)

@@ -6,10 +6,11 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from errors import UserError
 
-class LaunchError(RuntimeError):
-    """A launch that cannot work (no CUDA for --device cuda, SLURM without MASTER_ADDR): a user
-    error, one line and exit status 2 (runner.run_cli)."""
+
+class LaunchError(UserError):
+    """A launch that cannot work (no CUDA for --device cuda, SLURM without MASTER_ADDR)."""
 
 
 @dataclass(frozen=True)

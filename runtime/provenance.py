@@ -1,7 +1,6 @@
 """Where a result came from: the code's git commit, the library versions, a file's sha256.
 Recorded in every results.json (per launch) and robustness.json."""
 import hashlib
-import os
 import platform
 import subprocess
 from importlib import metadata
@@ -10,7 +9,6 @@ import numpy as np
 import torch
 
 from runtime.paths import PROJECT_ROOT as ROOT
-
 
 
 def sha256_of(path):

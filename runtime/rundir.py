@@ -7,7 +7,7 @@ checkpoint. The lock is ``<out>/.lock``: an ``flock`` held for the life of the r
 drops it when the process dies, however it dies) on a file naming the holder's pid and host. A
 lock left by a dead process on this host is taken over; one held by a live process -- or by a
 process on another host, which cannot be probed -- refuses the second run in one line. Every
-failure is an OutputError (checkpoint.py): one line naming the path, exit status 2.
+failure is an OutputWriteError (checkpoint.py): one line naming the path, exit status 2.
 """
 import errno
 import fcntl
@@ -15,7 +15,7 @@ import os
 import shutil
 import socket
 
-from runtime.checkpoint import OutputError, output_error
+from runtime.checkpoint import OutputWriteError, output_error
 from runtime.distributed import all_gather_object
 
 LOCK_NAME = '.lock'
@@ -94,7 +94,7 @@ class RunDirectory:
         try:
             os.makedirs(self.out_dir, exist_ok=True)
         except OSError as exc:
-            raise OutputError(f"--out {self.out_dir} cannot be created: "
+            raise OutputWriteError(f"--out {self.out_dir} cannot be created: "
                               f"{output_error(exc, self.out_dir)}") from None
         self._created = created
         try:
@@ -117,7 +117,7 @@ class RunDirectory:
             except BlockingIOError:
                 os.close(fd)
                 holder_pid, holder_host = _read_holder(self.lock_path)
-                raise OutputError(self._busy_message(holder_pid, holder_host)) from None
+                raise OutputWriteError(self._busy_message(holder_pid, holder_host)) from None
             except OSError as exc:
                 if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
                     os.close(fd)
@@ -127,7 +127,7 @@ class RunDirectory:
                 if holder_pid is not None and holder_pid != pid and (
                         holder_host != host or _pid_alive(holder_pid)):
                     os.close(fd)
-                    raise OutputError(self._busy_message(holder_pid, holder_host)) from None
+                    raise OutputWriteError(self._busy_message(holder_pid, holder_host)) from None
             # A run that was releasing unlinked the file after we opened it: lock the new one.
             try:
                 same = os.path.samestat(os.fstat(fd), os.stat(self.lock_path))
@@ -154,7 +154,7 @@ class RunDirectory:
             return
         free = shutil.disk_usage(self.out_dir).free
         if free < self.needed_bytes + SPACE_MARGIN_BYTES:
-            raise OutputError(
+            raise OutputWriteError(
                 f"no space left on {os.path.abspath(self.out_dir)}: {free / 2**20:.1f} MiB free, "
                 f"one checkpoint needs about {(self.needed_bytes + SPACE_MARGIN_BYTES) / 2**20:.1f} MiB")
 
@@ -183,10 +183,10 @@ def open_run_directory(out_dir, ctx, needed_bytes=0):
     message = None
     try:
         run_dir.acquire()
-    except OutputError as exc:
+    except OutputWriteError as exc:
         message = str(exc)
     message = all_gather_object(ctx, message)[0]
     if message is not None:
         run_dir.release()
-        raise OutputError(message)
+        raise OutputWriteError(message)
     return run_dir

@@ -21,7 +21,7 @@ from config import input_shape  # noqa: E402
 from datasets import build_datasets  # noqa: E402
 from layers import time_expand  # noqa: E402
 from layers import Network, predict  # noqa: E402
-from protocol import MODELS  # noqa: E402
+from training.protocol_table import MODELS  # noqa: E402
 
 BUDGETS = ('8/255', '16/255', '32/255', '64/255')  # PGD-7 as published at growing eps
 LONG_PGD = (50, '8/255')  # 50 steps of eps/20 at 8/255

@@ -17,6 +17,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from runtime.checkpoint import CheckpointError, atomic_write, first_nonfinite, load_checkpoint  # noqa: E402
+from errors import UserError  # noqa: E402
 
 
 def export(source, target):
@@ -39,9 +40,9 @@ def main(argv=None):
     args = parser.parse_args(argv)
     try:
         size, digest = export(args.source, args.target)
-    except CheckpointError as exc:
+    except UserError as exc:  # an unusable source, an unwritable target
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return exc.exit_status
     print(f"{args.target}: {size / 2**20:.2f} MiB, sha256 {digest}")
     return 0
 

@@ -15,7 +15,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from attack import training_attack  # noqa: E402
-from protocol import MODELS, TITLES, format_markdown_table  # noqa: E402
+from training.protocol_table import MODELS, TITLES, format_markdown_table  # noqa: E402
 
 ATTACK_PANELS = ('fgsm', 'pgd', 'bim')
 COLOURS = {'lif_clean': '#9ecae1', 'hosnn_clean': '#fdae6b', 'lif_ft': '#3182bd', 'hosnn_ft': '#e6550d'}

@@ -1,3 +1,6 @@
+"""What several test modules share: the golden tensors, small runs of main.py on fixture data (their
+--set flags, the data directory, results.json) and a small TA-LIF network."""
+import json
 import os
 import sys
 
@@ -7,6 +10,10 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
+
+from datasets.fixtures import write_mnist_like  # noqa: E402 -- (after ROOT is importable)
+from layers import Network  # noqa: E402
+
 GOLDEN_DIR = os.path.join(ROOT, 'tests', 'golden')
 
 
@@ -28,3 +35,65 @@ def golden_kernel():
 @pytest.fixture(scope='session')
 def golden_softmax():
     return load_golden('hosnn_softmax.pt')
+
+
+# --- Small runs of main.py on fixture data --------------------------------------------------------
+
+N_TRAIN, N_TEST = 96, 33  # 33: an odd test set, so two ranks get unequal shards
+
+# A small MNIST-architecture network (narrow layers: a fast run; weight_scale 2 so that it fires).
+SMALL_LAYERS = ['Layers.conv_1.out_channels=4', 'Layers.conv_2.in_channels=4',
+                'Layers.conv_2.out_channels=6', 'Layers.FC_1.n_inputs=96',
+                'Layers.FC_1.n_outputs=32', 'Layers.output.n_inputs=32'] + [
+    f'Layers.{name}.weight_scale=2' for name in ('conv_1', 'conv_2', 'FC_1', 'output')]
+
+
+def set_flags(settings):
+    """``['--set', s, ...]``: each ``SECTION.KEY=VALUE`` of ``settings`` as a command-line flag."""
+    return [arg for s in settings for arg in ('--set', s)]
+
+
+def settings(mnist_dir, *extra, model='LIF', loss='kernel', epochs=1, batch=16, small=True):
+    """The ``--set`` flags of a short run of networks/MNIST.yaml on the fixture data in
+    ``mnist_dir``: the small network with a random NDS, or (``small=False``) the full one with
+    the released NDS; ``extra`` settings last, so they win."""
+    nds = 'null' if small else './spikedata/mnist/mnist.pt'
+    return set_flags([f'Network.data_path={mnist_dir}', f'Network.model={model}',
+                      f'Network.loss={loss}', f'Network.epochs={epochs}',
+                      f'Network.batch_size={batch}', 'ATTACK.strength=[1/10]',
+                      f'Network.ckpt_v={nds}', *(SMALL_LAYERS if small else []), *extra])
+
+
+def read_results(out_dir):
+    """A run's results.json."""
+    with open(os.path.join(out_dir, 'results.json')) as f:
+        return json.load(f)
+
+
+def write_mnist_dir(tmp_path_factory, n_train, n_test):
+    """A new directory of MNIST-format fixture files with ``n_train`` / ``n_test`` samples."""
+    directory = tmp_path_factory.mktemp('mnist')
+    write_mnist_like(str(directory), n_train, n_test)
+    return str(directory)
+
+
+@pytest.fixture(scope='module')
+def mnist_dir(tmp_path_factory):
+    """N_TRAIN / N_TEST samples of MNIST-format fixture data, written once per test module (a
+    module that needs other sizes overrides this fixture with write_mnist_dir)."""
+    return write_mnist_dir(tmp_path_factory, N_TRAIN, N_TEST)
+
+
+# --- A small TA-LIF network, built directly -------------------------------------------------------
+
+SMALL_ALIF_NETWORK = {'n_steps': 5, 'tau_m': 5, 'tau_s': 3, 'model': 'ALIF', 'tau_v': 10,
+                      'is_bn': False, 'loss': 'kernel', 'n_class': 3, 'save_target': False}
+SMALL_ALIF_LAYERS = {
+    'FC_1': {'type': 'linear', 'n_inputs': 16, 'n_outputs': 12, 'weight_scale': 3, 'threshold': 1},
+    'output': {'type': 'linear', 'n_inputs': 12, 'n_outputs': 3, 'weight_scale': 3, 'threshold': 1}}
+
+
+def small_alif(seed=0):
+    """A two-layer float64 TA-LIF network on 1x4x4 images (3 classes), seeded."""
+    torch.manual_seed(seed)
+    return Network(SMALL_ALIF_NETWORK, SMALL_ALIF_LAYERS, (1, 4, 4)).double()

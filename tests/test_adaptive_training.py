@@ -9,23 +9,9 @@ import torch
 import main
 from attack import ATTACKS, training_attack
 from config import load_config
-from conftest import ROOT
-from layers import time_expand
+from conftest import ROOT, read_results, settings, small_alif
+from layers import parse_gradient_path, time_expand, use_gradient_path
 from training.engine import train_one_epoch
-from layers import Network, parse_gradient_path, use_gradient_path
-from test_main import mnist_dir, results, settings  # noqa: F401 -- the fixture is used by name
-
-ALIF_NETWORK = {'n_steps': 5, 'tau_m': 5, 'tau_s': 3, 'model': 'ALIF', 'tau_v': 10, 'is_bn': False,
-                'loss': 'kernel', 'n_class': 3, 'save_target': False}
-LAYERS = {'FC_1': {'type': 'linear', 'n_inputs': 16, 'n_outputs': 12, 'weight_scale': 3,
-                   'threshold': 1},
-          'output': {'type': 'linear', 'n_inputs': 12, 'n_outputs': 3, 'weight_scale': 3,
-                     'threshold': 1}}
-
-
-def small_alif(seed=0):
-    torch.manual_seed(seed)
-    return Network(ALIF_NETWORK, LAYERS, (1, 4, 4)).double()
 
 
 def test_default_training_gradient_is_published():
@@ -93,7 +79,7 @@ def test_adaptive_adversarial_training_end_to_end(mnist_dir, tmp_path):  # noqa:
         mnist_dir, 'DEFAULT.cleantrain=false', 'DEFAULT.advtrain=true', 'DEFAULT.advtest=false',
         'ATTACK.train=[1/10]', 'ATTACK.ft_method=fgm_rs', 'ATTACK.ft_gradient=bptt:arctan',
         model='LIF')]) == 0
-    run = results(out)
+    run = read_results(out)
     assert run['config']['ATTACK']['ft_gradient'] == 'bptt:arctan'
     assert len(run['epochs']) == 1
 

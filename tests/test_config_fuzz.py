@@ -16,7 +16,8 @@ import yaml
 
 import main
 from config import PROJECT_ROOT, ConfigError, attack_strengths, input_shape, load_config
-from fixtures import write_mnist_like
+from errors import UserError
+from conftest import SMALL_LAYERS, set_flags, write_mnist_dir
 from layers import Network
 
 NETWORKS = os.path.join(PROJECT_ROOT, 'networks')
@@ -24,7 +25,6 @@ BASES = ['MNIST', 'CIFAR10', 'CIFAR100', 'FashionMNIST', 'SVHN']
 N_CASES = 300
 CASE_SECONDS = 5  # far above the few milliseconds a case takes: a hang or a huge allocation
 SMALL_NETWORK = 1_000_000  # weight elements below which the network is really built (else on meta)
-EXIT_USER_ERROR = 2  # what main exits with on a config error
 
 DUMPER = getattr(yaml, 'CSafeDumper', yaml.SafeDumper)  # (libyaml: writing the cases is quick)
 NASTY = [None, True, False, 0, -1, 1, 2, 0.5, -0.5, 1e-300, 1e308, -1e308, 10**6, 10**9, 10**12,
@@ -236,25 +236,19 @@ def test_integers_and_strings_are_unchanged():
 
 # --- end to end through main ---------------------------------------------------------------------
 
-SMALL = ['Layers.conv_1.out_channels=4', 'Layers.conv_2.in_channels=4',
-         'Layers.conv_2.out_channels=6', 'Layers.FC_1.n_inputs=96', 'Layers.FC_1.n_outputs=16',
-         'Layers.output.n_inputs=16', 'Network.model=LIF', 'Network.ckpt_v=null',
-         'DEFAULT.train_samples=16', 'DEFAULT.test_samples=8', 'Network.batch_size=8',
-         'Network.epochs=1']
+SMALL = SMALL_LAYERS + ['Network.model=LIF', 'Network.ckpt_v=null', 'DEFAULT.train_samples=16',
+                        'DEFAULT.test_samples=8', 'Network.batch_size=8', 'Network.epochs=1']
 
 
 @pytest.fixture(scope='module')
 def mnist_dir(tmp_path_factory):
-    directory = tmp_path_factory.mktemp('mnist')
-    write_mnist_like(str(directory), 16, 8)
-    return str(directory)
+    return write_mnist_dir(tmp_path_factory, 16, 8)
 
 
 def run(mnist_dir, out, *sets, config=None):
     args = ['--config', config] if config else ['-d', '0']
-    for s in [f'Network.data_path={mnist_dir}', *SMALL, *sets]:
-        args += ['--set', s]
-    return main.main([*args, '--out', out])
+    return main.main([*args, *set_flags([f'Network.data_path={mnist_dir}', *SMALL, *sets]),
+                      '--out', out])
 
 
 @pytest.mark.parametrize('sets', [
@@ -265,7 +259,7 @@ def run(mnist_dir, out, *sets, config=None):
     ['DEFAULT.x.y=1'],
     ['Layers.conv_1.out_channels=1000000000'], ['Network.x=' + '[' * 3000], ['Network.x=*a']])
 def test_nasty_sets_exit_2_with_one_line(mnist_dir, tmp_path, capsys, sets):
-    assert run(mnist_dir, str(tmp_path / 'run'), *sets) == EXIT_USER_ERROR
+    assert run(mnist_dir, str(tmp_path / 'run'), *sets) == UserError.exit_status
     err = capsys.readouterr().err
     assert err.startswith('error: ') and err.count('\n') == 1, err
     assert not os.path.exists(tmp_path / 'run')  # refused before anything was written
@@ -273,7 +267,7 @@ def test_nasty_sets_exit_2_with_one_line(mnist_dir, tmp_path, capsys, sets):
 
 def test_hostile_config_files_exit_2_with_one_line(mnist_dir, tmp_path, capsys):
     for name, path in hostile_files(tmp_path).items():
-        assert main.main(['--config', path]) == EXIT_USER_ERROR, name
+        assert main.main(['--config', path]) == UserError.exit_status, name
         err = capsys.readouterr().err
         assert err.startswith('error: ') and err.count('\n') == 1, (name, err)
 

@@ -1,5 +1,5 @@
 """Bad data files: a crafted pickle runs no code, and every malformed file or empty data set is a
-one-line DatasetError naming the file (exit status 2 from main, before training starts).
+one-line DataFileError naming the file (exit status 2 from main, before training starts).
 Also the registry: one entry per data set, and readers bit-identical to torchvision's."""
 import dataclasses
 import gzip
@@ -14,9 +14,10 @@ import torch
 import torchvision.datasets as tvd
 
 from conftest import ROOT
-from datasets import (DATASETS, INPUT_SHAPES, N_CLASSES, NORMALISATION, DatasetError, DatasetNotFound,
+from errors import UserError
+from datasets import (DATASETS, INPUT_SHAPES, N_CLASSES, NORMALISATION, DataFileError, DatasetNotFound,
                       build_datasets, dataset_by_index, yaml_path)
-from datasets.fixtures import _cifar_rows, _pickle, _write_idx
+from datasets.fixtures import _pickle, _write_idx
 from datasets.safe_pickle import load_data_pickle
 
 
@@ -25,8 +26,8 @@ def load(name, data_path, **kwargs):
 
 
 def assert_refused(name, data_path, bad_file, *words):
-    """Loading raises DatasetError with one line naming bad_file and containing every word."""
-    with pytest.raises(DatasetError) as info:
+    """Loading raises DataFileError with one line naming bad_file and containing every word."""
+    with pytest.raises(DataFileError) as info:
         load(name, data_path)
     message = str(info.value)
     assert '\n' not in message and str(bad_file) in message, message
@@ -123,7 +124,7 @@ def test_safe_unpickler_reads_python2_numpy_pickles(tmp_path):
 def test_safe_unpickler_refuses_everything_else(tmp_path, payload):
     path = tmp_path / 'evil'
     path.write_bytes(payload)
-    with pytest.raises(DatasetError) as info:
+    with pytest.raises(DataFileError) as info:
         load_data_pickle(str(path))
     assert str(path) in str(info.value) and '\n' not in str(info.value)
 
@@ -348,12 +349,8 @@ def test_importing_datasets_needs_no_torchvision():
 
 
 def test_data_errors_are_user_errors():
-    try:  # where run_cli lives
-        from training.runner import USER_ERRORS
-    except ImportError:
-        from main import USER_ERRORS
-    assert issubclass(DatasetError, DatasetNotFound) and issubclass(DatasetError, ValueError)
-    assert any(issubclass(DatasetError, kind) for kind in USER_ERRORS)
+    assert issubclass(DataFileError, UserError) and issubclass(DataFileError, ValueError)
+    assert issubclass(DatasetNotFound, UserError)
 
 
 # ---------------------------------------------------------------- same samples as torchvision

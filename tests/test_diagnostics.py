@@ -1,7 +1,8 @@
-"""Spike diagnostics (issue 12 item 1): spikes recovered exactly from the layer traces, per-layer
-firing rates in results.json and TensorBoard, the output layer's rate in the robustness tables,
-and the warnings for a silent output layer or constant predictions -- at training time, at
-evaluation time and in protocol.py's table."""
+"""Spike diagnostics -- a network whose output layer never spikes scores chance everywhere and
+must say so: spikes recovered exactly from the layer traces, per-layer firing rates in
+results.json and TensorBoard, the output layer's rate in the robustness tables, and the warnings
+for a silent output layer or constant predictions -- at training time, at evaluation time and in
+protocol.py's table."""
 import glob
 import json
 import os
@@ -16,8 +17,8 @@ from training.diagnostics import SpikeMonitor, diagnose, spikes_from_trace
 from runtime.distributed import DistContext
 from layers.dynamics import Lif
 from layers.neuron import neuron_forward
-from training.runner import build_loaders, build_model
-from test_main import N_TEST, SMALL_LAYERS, mnist_dir, settings  # noqa: F401 (fixture)
+from training.experiment import build_loaders, build_model
+from conftest import N_TEST, settings
 
 CTX = DistContext()
 SILENT_OUTPUT = 'Layers.output.threshold=1000'  # no output neuron ever reaches it

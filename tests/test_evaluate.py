@@ -12,29 +12,25 @@ import pytest
 
 import evaluate
 import main
-from training import runner
-from conftest import ROOT
+from errors import UserError
+from conftest import ROOT, SMALL_LAYERS, set_flags, write_mnist_dir
 from fixtures import write_mnist_like
 
 N_TRAIN, N_TEST = 64, 9  # 9: two ranks get unequal shards
-SMALL = ['Layers.conv_1.out_channels=4', 'Layers.conv_2.in_channels=4',
-         'Layers.conv_2.out_channels=6', 'Layers.FC_1.n_inputs=96', 'Layers.FC_1.n_outputs=32',
-         'Layers.output.n_inputs=32', 'Network.ckpt_v=null', 'Network.batch_size=16'] + [
-    f'Layers.{name}.weight_scale=2' for name in ('conv_1', 'conv_2', 'FC_1', 'output')]
+SMALL = SMALL_LAYERS + ['Network.ckpt_v=null', 'Network.batch_size=16']
 ROW_KEYS = {'attack', 'gradient', 'loss', 'steps', 'restarts', 'eps', 'threat', 'clamp', 'accuracy',
             'n_samples'}
 
 
 def sets(mnist_dir, *extra):
-    return [arg for s in [f'Network.data_path={mnist_dir}', *SMALL, *extra] for arg in ('--set', s)]
+    return set_flags([f'Network.data_path={mnist_dir}', *SMALL, *extra])
 
 
 @pytest.fixture(scope='module')
 def trained(tmp_path_factory):
     """A LIF and a TA-LIF checkpoint of the small MNIST-architecture network (one epoch each)."""
     root = tmp_path_factory.mktemp('evaluate')
-    mnist_dir = str(root / 'mnist')
-    write_mnist_like(mnist_dir, N_TRAIN, N_TEST)
+    mnist_dir = write_mnist_dir(tmp_path_factory, N_TRAIN, N_TEST)
     ckpts = {}
     for model in ('LIF', 'ALIF'):
         out = str(root / model)
@@ -119,14 +115,14 @@ def test_static_clamped_threat_model(trained, tmp_path):
 def test_bad_input_is_one_line_and_exit_status_2(trained, tmp_path, capsys, args, culprit):
     mnist_dir, ckpts = trained
     code = run_evaluate(mnist_dir, ckpts['LIF'], tmp_path / 'bad', *args)
-    assert code == runner.EXIT_USER_ERROR
+    assert code == UserError.exit_status
     err = capsys.readouterr().err
     assert culprit in err and len(err.strip().splitlines()) == 1
 
 
 def test_missing_checkpoint_is_exit_status_2(trained, tmp_path, capsys):
     mnist_dir, _ = trained
-    assert run_evaluate(mnist_dir, str(tmp_path / 'none.pth'), tmp_path / 'o') == runner.EXIT_USER_ERROR
+    assert run_evaluate(mnist_dir, str(tmp_path / 'none.pth'), tmp_path / 'o') == UserError.exit_status
     assert 'none.pth' in capsys.readouterr().err
 
 

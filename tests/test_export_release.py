@@ -6,8 +6,7 @@ import sys
 import torch
 
 from runtime.checkpoint import save_checkpoint
-from conftest import ROOT
-from test_adaptive_training import small_alif
+from conftest import ROOT, small_alif
 
 sys.path.insert(0, os.path.join(ROOT, 'scripts'))
 import export_release  # noqa: E402

@@ -18,9 +18,10 @@ import torch
 from runtime import checkpoint
 from training import guards
 from runtime import rundir
-from runtime.checkpoint import (CheckpointError, OutputError, atomic_write_text,
-                        check_resumable, load_checkpoint, save_checkpoint)
-from conftest import ROOT
+from runtime.checkpoint import (CheckpointError, OutputWriteError, atomic_write_text,
+                                load_checkpoint, save_checkpoint)
+from training.resume import check_resumable
+from conftest import ROOT, SMALL_LAYERS, set_flags, write_mnist_dir
 from runtime.distributed import DistContext
 
 
@@ -92,7 +93,7 @@ def test_a_failed_write_is_one_line_and_keeps_the_good_file(tmp_path, monkeypatc
     def fail(fd):
         raise OSError(code, os.strerror(code))
     monkeypatch.setattr(checkpoint.os, 'fsync', fail)
-    with pytest.raises(OutputError) as info:
+    with pytest.raises(OutputWriteError) as info:
         save_checkpoint(str(good), _Tiny(2.0), 1)
     message = str(info.value)
     assert words in message and str(tmp_path) in message and '\n' not in message
@@ -106,26 +107,26 @@ def test_full_tmpfs_says_no_space_and_keeps_the_good_file(tmpfs):
     save_checkpoint(path, _Tiny(1.0), 0)
     big = _Tiny()
     big.weight = torch.nn.Parameter(torch.zeros(200_000))  # 800 kB > 256 kB
-    with pytest.raises(OutputError, match=f'no space left on {disk}'):
+    with pytest.raises(OutputWriteError, match=f'no space left on {disk}'):
         save_checkpoint(path, big, 1)
     assert load_checkpoint(path)['epoch'] == 0 and os.listdir(disk) == ['last.pth']
 
 
 def test_read_only_tmpfs_says_read_only(tmpfs):
     disk = tmpfs('ro,size=64k')
-    with pytest.raises(OutputError, match='read-only file system'):
+    with pytest.raises(OutputWriteError, match='read-only file system'):
         atomic_write_text(str(disk / 'results.json'), '{}')
-    with pytest.raises(OutputError, match='read-only file system'):
+    with pytest.raises(OutputWriteError, match='read-only file system'):
         rundir.RunDirectory(str(disk / 'run')).acquire()
 
 
 def test_paths_through_a_file(tmp_path):
     afile = tmp_path / 'afile'
     afile.write_text('x')
-    with pytest.raises(OutputError, match=f"'{afile}' is a file, not a directory"):
+    with pytest.raises(OutputWriteError, match=f"'{afile}' is a file, not a directory"):
         atomic_write_text(str(afile / 'sub' / 'results.json'), '{}')
     for out in (afile, afile / 'run'):
-        with pytest.raises(OutputError, match=f"'{afile}' is a file, not a directory"):
+        with pytest.raises(OutputWriteError, match=f"'{afile}' is a file, not a directory"):
             rundir.RunDirectory(str(out)).acquire()
     assert afile.read_text() == 'x'
 
@@ -185,7 +186,7 @@ def test_run_directory_lock_refuses_a_second_run(tmp_path):
     with rundir.RunDirectory(str(out)) as first:
         holder = (out / rundir.LOCK_NAME).read_text().split()
         assert holder == [str(os.getpid()), socket.gethostname()]
-        with pytest.raises(OutputError) as info:
+        with pytest.raises(OutputWriteError) as info:
             rundir.RunDirectory(str(out)).acquire()
         message = str(info.value)
         assert 'in use by another run' in message and str(os.getpid()) in message
@@ -204,7 +205,7 @@ def test_lock_held_by_another_live_process(tmp_path):
         cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == 'locked'
-        with pytest.raises(OutputError, match=f'pid {holder.pid} on'):
+        with pytest.raises(OutputWriteError, match=f'pid {holder.pid} on'):
             rundir.RunDirectory(str(out)).acquire()
     finally:
         holder.stdin.close()
@@ -226,7 +227,7 @@ def test_stale_lock_of_a_dead_process_is_taken_over(tmp_path):
 def test_no_room_for_a_checkpoint_is_refused_before_training(tmp_path):
     out = tmp_path / 'new' / 'run'
     free = shutil.disk_usage(tmp_path).free
-    with pytest.raises(OutputError, match='no space left on .*one checkpoint needs about'):
+    with pytest.raises(OutputWriteError, match='no space left on .*one checkpoint needs about'):
         rundir.RunDirectory(str(out), needed_bytes=2 * free).acquire()
     assert not (tmp_path / 'new').exists()  # the failed run leaves no folder it created
 
@@ -241,7 +242,7 @@ def test_checkpoint_size_estimate():
 def test_open_run_directory_single_process(tmp_path):
     ctx = DistContext()
     run_dir = rundir.open_run_directory(str(tmp_path / 'run'), ctx)
-    with pytest.raises(OutputError, match='in use'):
+    with pytest.raises(OutputWriteError, match='in use'):
         rundir.open_run_directory(str(tmp_path / 'run'), ctx)
     run_dir.release()
 
@@ -303,22 +304,18 @@ def test_fault_hook_is_read_when_training_starts(monkeypatch):
 # ----------------------------------------------------------------------------- end to end (main.py)
 
 N_TRAIN, N_TEST = 48, 16
-from test_main import SMALL_LAYERS  # noqa: E402 -- the small MNIST-architecture network
 
 
 @pytest.fixture(scope='module')
 def mnist_dir(tmp_path_factory):
-    from fixtures import write_mnist_like
-    directory = tmp_path_factory.mktemp('mnist')
-    write_mnist_like(str(directory), N_TRAIN, N_TEST)
-    return str(directory)
+    return write_mnist_dir(tmp_path_factory, N_TRAIN, N_TEST)
 
 
 def cli(mnist_dir, out, *extra, epochs=1, batch=16):
     sets = [f'Network.data_path={mnist_dir}', 'Network.model=LIF', f'Network.epochs={epochs}',
             f'Network.batch_size={batch}', 'Network.ckpt_v=null', 'DEFAULT.advtest=false',
             *SMALL_LAYERS, *extra]
-    return ['-d', '0', '--out', str(out), *[arg for s in sets for arg in ('--set', s)]]
+    return ['-d', '0', '--out', str(out), *set_flags(sets)]
 
 
 def run_main(args, capsys):

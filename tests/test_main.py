@@ -1,7 +1,6 @@
 """End-to-end runs of main.py on fixture data (real on-disk formats, real loaders): clean training
 -> checkpoint -> adversarial test, 2-process torchrun vs one process, resume, released
 checkpoints, and bad inputs that must exit non-zero naming the culprit."""
-import json
 import os
 import signal
 import subprocess
@@ -11,42 +10,13 @@ import pytest
 import torch
 
 import main
-from training import runner
+from errors import UserError
 from runtime.checkpoint import load_checkpoint
-from conftest import ROOT, load_golden
-from fixtures import write_mnist_like
-
-N_TRAIN, N_TEST = 96, 33  # 33: an odd test set, so two ranks get unequal shards
-
-# A small MNIST-architecture network (narrow layers: a fast run; weight_scale 2 so that it fires).
-SMALL_LAYERS = ['Layers.conv_1.out_channels=4', 'Layers.conv_2.in_channels=4',
-                'Layers.conv_2.out_channels=6', 'Layers.FC_1.n_inputs=96',
-                'Layers.FC_1.n_outputs=32', 'Layers.output.n_inputs=32'] + [
-    f'Layers.{name}.weight_scale=2' for name in ('conv_1', 'conv_2', 'FC_1', 'output')]
-
-
-@pytest.fixture(scope='module')
-def mnist_dir(tmp_path_factory):
-    directory = tmp_path_factory.mktemp('mnist')
-    write_mnist_like(str(directory), N_TRAIN, N_TEST)
-    return str(directory)
-
-
-def settings(mnist_dir, *extra, model='LIF', loss='kernel', epochs=1, batch=16, small=True):
-    sets = [f'Network.data_path={mnist_dir}', f'Network.model={model}', f'Network.loss={loss}',
-            f'Network.epochs={epochs}', f'Network.batch_size={batch}', 'ATTACK.strength=[1/10]',
-            'Network.ckpt_v=null' if small else 'Network.ckpt_v=./spikedata/mnist/mnist.pt',
-            *(SMALL_LAYERS if small else []), *extra]
-    return [arg for s in sets for arg in ('--set', s)]
+from conftest import N_TEST, N_TRAIN, ROOT, load_golden, read_results, settings
 
 
 def run_main(args):
     return main.main(['-d', '0', *args])
-
-
-def results(out_dir):
-    with open(os.path.join(out_dir, 'results.json')) as f:
-        return json.load(f)
 
 
 @pytest.mark.parametrize('loss', ['kernel', 'softmax'])
@@ -54,7 +24,7 @@ def test_clean_train_checkpoint_then_advtest(mnist_dir, tmp_path, loss):
     out = str(tmp_path / 'train')
     assert run_main(['--out', out, *settings(mnist_dir, 'DEFAULT.advtest=false', loss=loss,
                                              epochs=2)]) == 0
-    train = results(out)
+    train = read_results(out)
     assert [e['epoch'] for e in train['epochs']] == [0, 1]
     assert all(e['test_samples'] == N_TEST and e['train_samples'] == N_TRAIN for e in train['epochs'])
     assert train['epochs'][1]['train_loss'] < train['epochs'][0]['train_loss']
@@ -70,7 +40,7 @@ def test_clean_train_checkpoint_then_advtest(mnist_dir, tmp_path, loss):
     assert run_main(['--out', test_out, *settings(
         mnist_dir, 'DEFAULT.cleantrain=false', f"DEFAULT.ckpt={os.path.join(out, 'best.pth')}",
         loss=loss)]) == 0
-    rows = results(test_out)['robustness']
+    rows = read_results(test_out)['robustness']
     assert [(r['attack'], r['eps']) for r in rows] == [
         ('clean', 0.0), ('fgsm', 0.1), ('rfgsm', 0.1), ('pgd', 0.1), ('bim', 0.1)]
     assert all(r['n_samples'] == N_TEST for r in rows)
@@ -91,12 +61,12 @@ def test_released_checkpoint_loads_strictly(mnist_dir, tmp_path):
         assert run_main(['--out', out, *settings(mnist_dir, 'DEFAULT.cleantrain=false',
                                                  f'DEFAULT.ckpt={ckpt}', model='ALIF',
                                                  small=False)]) == 0
-        assert results(out)['robustness'][0]['n_samples'] == N_TEST
+        assert read_results(out)['robustness'][0]['n_samples'] == N_TEST
     wrong = tmp_path / 'wrong.pth'
     torch.save({'net': {k: v for k, v in state.items() if 'theta_v' not in k}, 'epoch': 1}, wrong)
     code = run_main(['--out', str(tmp_path / 'w'), *settings(
         mnist_dir, 'DEFAULT.cleantrain=false', f'DEFAULT.ckpt={wrong}', model='ALIF', small=False)])
-    assert code == runner.EXIT_USER_ERROR
+    assert code == UserError.exit_status
 
 
 def test_nds_recording_matches_a_manual_mean(mnist_dir, tmp_path):
@@ -117,11 +87,11 @@ def test_nds_recording_matches_a_manual_mean(mnist_dir, tmp_path):
 
 
 def test_bad_set_and_non_numeric_epsilon_exit_nonzero(mnist_dir, tmp_path, capsys):
-    assert run_main(['--set', 'Network.epochs']) == runner.EXIT_USER_ERROR
+    assert run_main(['--set', 'Network.epochs']) == UserError.exit_status
     assert "--set 'Network.epochs'" in capsys.readouterr().err
-    assert run_main(['--set', 'Network.lr=fast']) == runner.EXIT_USER_ERROR
+    assert run_main(['--set', 'Network.lr=fast']) == UserError.exit_status
     assert 'Network.lr' in capsys.readouterr().err
-    assert run_main(['--set', "ATTACK.strength=[\"__import__('os')\"]"]) == runner.EXIT_USER_ERROR
+    assert run_main(['--set', "ATTACK.strength=[\"__import__('os')\"]"]) == UserError.exit_status
     assert 'ATTACK.strength[0]' in capsys.readouterr().err
 
 
@@ -133,7 +103,7 @@ def test_missing_data_offline_names_the_files(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(urllib.request, 'urlopen', offline)
     empty = tmp_path / 'no-data'
     code = run_main(['--out', str(tmp_path / 'o'), '--set', f'Network.data_path={empty}'])
-    assert code == runner.EXIT_USER_ERROR
+    assert code == UserError.exit_status
     err = capsys.readouterr().err
     assert 'MNIST' in err and 'train-images-idx3-ubyte' in err and str(empty) in err
 
@@ -154,7 +124,7 @@ def test_unsafe_checkpoint_is_refused_before_it_runs(mnist_dir, tmp_path, capsys
     torch.save({'net': {}, 'epoch': 0, 'payload': _RunsCode(str(marker))}, evil)
     code = run_main(['--out', str(tmp_path / 'o'), *settings(
         mnist_dir, 'DEFAULT.cleantrain=false', f'DEFAULT.ckpt={evil}')])
-    assert code == runner.EXIT_USER_ERROR
+    assert code == UserError.exit_status
     err = capsys.readouterr().err
     assert 'refused' in err and str(evil) in err
     assert not marker.exists()
@@ -164,7 +134,7 @@ def test_existing_run_needs_resume(mnist_dir, tmp_path, capsys):
     out = str(tmp_path / 'run')
     args = ['--out', out, *settings(mnist_dir, 'DEFAULT.advtest=false')]
     assert run_main(args) == 0
-    assert run_main(args) == runner.EXIT_USER_ERROR
+    assert run_main(args) == UserError.exit_status
     assert '--resume' in capsys.readouterr().err
 
 
@@ -185,8 +155,8 @@ def test_resume_gives_the_uninterrupted_result(mnist_dir, tmp_path):
     assert a['epoch'] == b['epoch'] == 2
     for key in a['net']:
         assert torch.equal(a['net'][key], b['net'][key]), key
-    assert [e['train_loss'] for e in results(once)['epochs']] == \
-        [e['train_loss'] for e in results(split)['epochs']]
+    assert [e['train_loss'] for e in read_results(once)['epochs']] == \
+        [e['train_loss'] for e in read_results(split)['epochs']]
 
 
 @pytest.mark.slow
@@ -208,7 +178,7 @@ def test_kill_mid_epoch_then_resume(mnist_dir, tmp_path):
     done = subprocess.run(cmd + ['--resume'], cwd=str(tmp_path), capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
     assert load_checkpoint(last)['epoch'] == 3
-    assert [e['epoch'] for e in results(out)['epochs']] == list(range(4))
+    assert [e['epoch'] for e in read_results(out)['epochs']] == list(range(4))
     assert not [f for f in os.listdir(out) if f.endswith('.tmp') or f == '.lock']
 
 
@@ -233,7 +203,7 @@ def test_two_process_torchrun_matches_one_process(mnist_dir, tmp_path):
     a, b = _state(single), _state(double)
     for key in a['net']:
         torch.testing.assert_close(a['net'][key], b['net'][key], rtol=1e-9, atol=1e-12)
-    ra, rb = results(single), results(double)
+    ra, rb = read_results(single), read_results(double)
     assert rb['world_size'] == 2
     assert [e['test_acc'] for e in ra['epochs']] == [e['test_acc'] for e in rb['epochs']]
     assert all(r['n_samples'] == N_TEST for r in ra['robustness'] + rb['robustness'])

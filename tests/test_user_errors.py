@@ -1,8 +1,8 @@
-"""User errors are one line and exit status 2 (issue 12 item 8); --resume with a changed config
-(item 4); where the NDS comes from and goes (item 5); runs that do not overwrite each other and
-failed runs that leave nothing behind (item 6); output file modes under umask 022."""
+"""What a user gets wrong ends in one line and exit status 2, never a traceback; --resume with a
+changed config is refused unless allowed, and an allowed change is recorded; the NDS a run uses
+and writes is the one it says; runs do not overwrite each other and failed runs leave nothing
+behind; output files get the usual modes under umask 022."""
 import glob
-import json
 import os
 import stat
 
@@ -10,10 +10,11 @@ import pytest
 import torch
 
 import main
-from training import runner
+from errors import UserError
+from training.experiment import build_model
 from runtime.checkpoint import load_checkpoint, save_checkpoint
 from config import load_config
-from test_main import mnist_dir, settings  # noqa: F401 (fixture)
+from conftest import read_results, settings
 
 
 def run(args, capsys):
@@ -23,7 +24,7 @@ def run(args, capsys):
 
 
 def one_line_error(code, err):
-    assert code == runner.EXIT_USER_ERROR, err
+    assert code == UserError.exit_status, err
     assert err.startswith('error: ') and '\n' not in err, err
     return err
 
@@ -56,7 +57,7 @@ def test_negative_workers(mnist_dir, tmp_path, capsys):
 def test_checkpoint_of_the_other_neuron_model(mnist_dir, tmp_path, capsys, saved, configured):
     cfg, _ = load_config('networks/MNIST.yaml', settings(mnist_dir, model=saved)[1::2])
     ckpt = str(tmp_path / f'{saved}.pth')
-    save_checkpoint(ckpt, runner.build_model(cfg), 0)
+    save_checkpoint(ckpt, build_model(cfg), 0)
     out = tmp_path / 'o'
     err = one_line_error(*run(['--out', str(out), *settings(
         mnist_dir, 'DEFAULT.cleantrain=false', f'DEFAULT.ckpt={ckpt}', model=configured)],
@@ -74,13 +75,8 @@ def test_failed_download_leaves_no_empty_folders(tmp_path, capsys, monkeypatch):
     data = tmp_path / 'datasets' / 'mnist'
     out = tmp_path / 'o'
     code, _, _ = run(['--out', str(out), '--set', f'Network.data_path={data}'], capsys)
-    assert code == runner.EXIT_USER_ERROR
+    assert code == UserError.exit_status
     assert not (tmp_path / 'datasets').exists() and not out.exists()
-
-
-def _results(out):
-    with open(os.path.join(out, 'results.json')) as f:
-        return json.load(f)
 
 
 def test_resume_with_a_changed_config(mnist_dir, tmp_path, capsys):
@@ -102,7 +98,7 @@ def test_resume_with_a_changed_config(mnist_dir, tmp_path, capsys):
     code, _, printed = run(changed + ['--allow-config-change'], capsys)
     assert code == 0
     assert 'resuming with a changed config' in printed and 'Network.lr=0.1' in printed
-    results = _results(out)
+    results = read_results(out)
     assert results['config']['Network']['lr'] == 0.1
     (change,) = results['config_changes']
     assert change['resumed_after_epoch'] == 0
@@ -120,7 +116,7 @@ def test_nds_goes_under_out_and_the_checkpoint_nds_wins(mnist_dir, tmp_path, cap
                                         'Network.save_target=true')], capsys)[0] == 0
     nds_path = os.path.join(lif, 'nds.pt')
     assert os.path.isfile(nds_path) and not (tmp_path / 'spikedata').exists()
-    assert _results(lif)['nds_file'] == nds_path
+    assert read_results(lif)['nds_file'] == nds_path
 
     alif = str(tmp_path / 'alif')
     assert run(['--out', alif, *settings(mnist_dir, 'DEFAULT.advtest=false',
@@ -185,7 +181,7 @@ def test_resume_a_run_saved_before_a_key_existed(mnist_dir, tmp_path, capsys):
 
     longer = common + ['--resume', '--set', 'Network.epochs=2']
     assert run(longer, capsys)[0] == 0
-    (change,) = _results(out)['config_changes']
+    (change,) = read_results(out)['config_changes']
     assert set(change['changes']) == {'Network.epochs'}
 
     other = longer + ['--set', 'Network.epochs=3', '--set', 'ATTACK.ft_gradient=bptt:sigmoid']
@@ -200,7 +196,7 @@ def test_results_record_each_launch(mnist_dir, tmp_path, capsys):
     common = ['--out', out, *settings(mnist_dir, 'DEFAULT.advtest=false')]
     assert run(common, capsys)[0] == 0
     assert run(common + ['--resume', '--set', 'Network.epochs=2'], capsys)[0] == 0
-    launches = _results(out)['launches']
+    launches = read_results(out)['launches']
     assert len(launches) == 2
     for launch in launches:
         assert launch['world_size'] == 1 and launch['versions']['torch'] == torch.__version__

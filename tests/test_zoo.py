@@ -11,7 +11,7 @@ import pytest
 import main
 from runtime.checkpoint import load_checkpoint
 from config import load_config
-from training.runner import build_model
+from training.experiment import build_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ZOO = os.path.join(ROOT, 'checkpoints', 'fashionmnist')

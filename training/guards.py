@@ -10,21 +10,25 @@ before anything is saved. The error names the first bad step.
 import math
 import os
 import signal
+from types import MappingProxyType
 
 import torch
 import torch.distributed as dist
 
+from errors import UserError
+
 CHECK_EVERY = 20
 FAULT_KILL_ENV = 'HOSNN_FAULT_KILL_AT_STEP'  # tests: SIGKILL this process at global step k
 _NONE_BAD = 2**62  # "no bad step yet" in the encoded first bad step (step * 4 + what)
-_WHAT = {1: 'the loss', 2: 'the gradient norm', 3: 'the loss and the gradient norm'}
+_WHAT = MappingProxyType({1: 'the loss', 2: 'the gradient norm',
+                          3: 'the loss and the gradient norm'})
 # A run at chance accuracy whose epoch loss is this many times its first step's loss is lost.
 EXPLODED_LOSS_RATIO = 4.0
 
 
-class TrainingDiverged(RuntimeError):
-    """Training produced NaN/Inf (loss, gradient norm or weights); a user error (exit status 2):
-    the usual cause is the learning rate."""
+class TrainingDiverged(UserError):
+    """Training produced NaN/Inf (loss, gradient norm or weights); the usual cause is the learning
+    rate, so it is the user's to fix."""
 
 
 def first_nonfinite_parameter(model):
