@@ -19,6 +19,7 @@ from robustness import adaptive
 from robustness import adaptive_attacks
 from runtime.checkpoint import load_checkpoint
 from config import ConfigError, apply_overrides, load_config, resolve
+from training.checkpoint_model import config_for_checkpoint, model_of_checkpoint
 from training.runner import add_config_arguments, build_model, config_from_args, run_cli, seed_everything
 
 CLAMP_CHOICES = ('config', 'true', 'false', 'both')
@@ -66,14 +67,13 @@ def partner_config(args, cfg):
     if args.partner_config:
         partner, _ = load_config(args.partner_config, list(args.partner_set) + overrides)
         return partner
-    stored = load_checkpoint(args.partner).get('config')
+    checkpoint = load_checkpoint(args.partner)
+    stored = checkpoint.get('config')
     raw = copy.deepcopy(cfg)
     if isinstance(stored, dict) and isinstance(stored.get('Layers'), dict) \
             and isinstance(stored.get('Network'), dict):
         raw['Layers'] = copy.deepcopy(stored['Layers'])
-        raw['Network']['model'] = stored['Network'].get('model', raw['Network']['model'])
-    else:
-        raw['Network']['model'] = 'LIF' if cfg['Network']['model'] == 'ALIF' else 'ALIF'
+    raw['Network']['model'] = model_of_checkpoint(checkpoint, args.partner)[0]
     apply_overrides(raw, list(args.partner_set) + overrides)
     try:
         partner, _ = resolve(raw)
@@ -88,7 +88,7 @@ def prepare(args):
         if args.samples < 1:
             raise ConfigError(f"--samples must be >= 1, got {args.samples}")
         args.set.append(f"DEFAULT.test_samples={args.samples}")
-    cfg, warnings, _ = config_from_args(args)
+    cfg, warnings, _, notes = config_for_checkpoint(args, config_from_args)
     warnings = [w for w in warnings if 'Network.ckpt_v is null' not in w]  # the NDS is in the weights
     try:
         eps_list = ([adaptive_attacks.parse_eps(e) for e in args.eps.split(',') if e.strip()]
@@ -112,16 +112,18 @@ def prepare(args):
         raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
     partner = partner_config(args, cfg) if args.partner else None
     load_checkpoint(args.ckpt)  # a bad checkpoint fails before any data is read
-    return cfg, warnings, eps_list, threats, clamps, partner
+    return cfg, warnings, notes, eps_list, threats, clamps, partner
 
 
 def execute(args, prepared, ctx):
-    cfg, warnings, eps_list, threats, clamps, partner_cfg = prepared
+    cfg, warnings, notes, eps_list, threats, clamps, partner_cfg = prepared
     out_dir = args.out or os.path.join(os.path.dirname(os.path.abspath(args.ckpt)),
                                        f"robustness-{args.suite}")
     log = (lambda message: print(message, flush=True)) if ctx.is_main else (lambda message: None)
     for warning in warnings:
         log(f"warning: {warning}")
+    for note in notes:
+        log(note)
     seed_everything(cfg['DEFAULT']['seed'])
     model = build_model(cfg, args.ckpt, ctx.device).eval()
     partner = build_model(partner_cfg, args.partner, ctx.device).eval() if partner_cfg else None
