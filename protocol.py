@@ -22,14 +22,14 @@ import json
 import os
 import sys
 import time
-from fractions import Fraction
 
 from robustness import adaptive
 from robustness import adaptive_attacks
-from attack import Normalization, attack_bounds, attacks_for, training_attack
+from attack import Normalization, attack_bounds, attack_label, attacks_for, training_attack
 from config import ConfigError, attack_strengths
 from training.diagnostics import SpikeMonitor, diagnose, format_rate
 from training.engine import accuracy_under_attack
+from runtime.formatting import eps_text
 from runtime.outputs import RunOutputs
 from training.runner import (add_config_arguments, build_loaders, build_model, config_from_args, run_cli,
                     run_experiment, seed_everything)
@@ -119,7 +119,7 @@ def robustness_table(models, stage_cfgs, loader, strengths, ctx, outputs, ft):
             accuracies, n = accuracy_under_attack(
                 models[source], [models[t] for t in targets], loader, ctx, outputs.progress,
                 attack, Normalization.of(cfg['Network']).to_model_units(eps), attack_bounds(cfg),
-                desc=f"{source} {attack or 'clean'} eps={eps:.4f}")
+                desc=f"{source} {attack or 'clean'} eps={eps_text(eps)}")
         return accuracies, n, [monitors[t].stats(ctx) for t in targets]
 
     for name in MODELS:
@@ -149,9 +149,8 @@ def format_markdown_table(rows, ft):
     lines = ['| attack | eps | ' + ' | '.join(titles) + ' | samples |',
              '|---|---|' + '---:|' * len(MODELS) + '---:|']
     for row in rows:
-        eps = str(Fraction(row['eps']).limit_denominator(1000))
         cells = [f"{100 * row[name]:.2f}" if name in row else '' for name in MODELS]
-        lines.append(f"| {row['attack']} | {eps} | " + ' | '.join(cells) + f" | {row['n_samples']} |")
+        lines.append(f"| {attack_label(row['attack'])} | {eps_text(row['eps'])} | " + ' | '.join(cells) + f" | {row['n_samples']} |")
     clean = next((row for row in rows if row['attack'] == 'clean' and 'output_rate' in row), None)
     if clean is not None:  # mean spikes per output neuron per step; n/a: a softmax read-out
         lines.append('| output-layer firing rate (clean) | | ' + ' | '.join(

@@ -9,10 +9,12 @@ import time
 import torch
 from tqdm import tqdm
 
+from attack import attack_label
 from runtime.checkpoint import atomic_write, atomic_write_text, remove_stale_temporaries, save_checkpoint
 from config import dump_config
 from training.diagnostics import format_rate
 from layers.network import OUTPUT_LAYER
+from runtime.formatting import eps_text
 from runtime.provenance import git_commit, versions
 
 
@@ -136,9 +138,12 @@ def launch_directory(tb_root):
 
 def format_robustness_table(rows):
     """``attack | eps | accuracy | samples | output rate`` as aligned text (the output layer's
-    mean spikes per neuron per step; n/a for a softmax read-out, which does not spike)."""
-    lines = [f"{'attack':<10} {'eps':>8} {'accuracy':>9} {'samples':>8} {'output rate':>12}"]
+    mean spikes per neuron per step; n/a for a softmax read-out, which does not spike). The
+    published attacks' rows say so (attack.attack_label); eps is a fraction (4/255)."""
+    width = max([10] + [len(attack_label(row['attack'])) for row in rows])
+    lines = [f"{'attack':<{width}} {'eps':>8} {'accuracy':>9} {'samples':>8} {'output rate':>12}"]
     for row in rows:
-        lines.append(f"{row['attack']:<10} {row['eps']:>8.4f} {100 * row['accuracy']:>8.2f}% "
+        lines.append(f"{attack_label(row['attack']):<{width}} {eps_text(row['eps']):>8} "
+                     f"{100 * row['accuracy']:>8.2f}% "
                      f"{row['n_samples']:>8d} {format_rate(row.get('output_rate')):>12}")
     return '\n'.join(lines)
