@@ -18,7 +18,7 @@ import sys
 from robustness import adaptive
 from robustness import adaptive_attacks
 from runtime.checkpoint import load_checkpoint
-from config import ConfigError, apply_overrides, load_config, resolve
+from config import ConfigError, apply_overrides, load_config, resolve, sample_count
 from training.checkpoint_model import config_for_checkpoint, model_of_checkpoint
 from training.runner import add_config_arguments, build_model, config_from_args, run_cli, seed_everything
 
@@ -35,7 +35,7 @@ def get_args_parser():
                         '1000 Fashion-MNIST images on 2 CPU cores; full: ~5x that, with Square')
     parser.add_argument('--eps', help='comma-separated pixel eps, e.g. 2/255,4/255,8/255 '
                         '(default: ATTACK.strength)')
-    parser.add_argument('--samples', type=int, help='the first N test images (default: all)')
+    parser.add_argument('--samples', help='the first N test images, an integer (default: all)')
     parser.add_argument('--threat', default='per-step',
                         help="per-step, static, or both comma-separated (default: per-step)")
     parser.add_argument('--clamp', choices=CLAMP_CHOICES, default='config',
@@ -84,10 +84,10 @@ def partner_config(args, cfg):
 
 def prepare(args):
     args.set = list(args.set) + [f"DEFAULT.ckpt={args.ckpt}"] + EVAL_ONLY
-    if args.samples is not None:
-        if args.samples < 1:
-            raise ConfigError(f"--samples must be >= 1, got {args.samples}")
-        args.set.append(f"DEFAULT.test_samples={args.samples}")
+    if args.samples is not None:  # read here, not by argparse: a bad value is one line, exit 2
+        text = args.samples.strip()
+        count = int(text) if text.isascii() and text.isdigit() else args.samples
+        args.set.append(f"DEFAULT.test_samples={sample_count(count, '--samples')}")
     cfg, warnings, _, notes = config_for_checkpoint(args, config_from_args)
     warnings = [w for w in warnings if 'Network.ckpt_v is null' not in w]  # the NDS is in the weights
     try:
