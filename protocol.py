@@ -31,6 +31,7 @@ from training.diagnostics import SpikeMonitor, diagnose, format_rate
 from training.engine import accuracy_under_attack
 from runtime.formatting import eps_text
 from runtime.outputs import RunOutputs
+from runtime.rundir import open_run_directory
 from training.runner import (add_config_arguments, build_loaders, build_model, config_from_args, run_cli,
                     run_experiment, seed_everything)
 
@@ -184,6 +185,7 @@ def run_protocol(args, base, warnings, ctx):
                        allow_config_change=args.allow_config_change)
         summary_outputs.results['stages'][name] = {'wall_time_s': time.perf_counter() - start}
         summary_outputs.write_results()
+        summary_outputs.check_writes()  # rank 0 could not write: every rank stops here
 
     summary_outputs.log("== adversarial test of the four models")
     start = time.perf_counter()
@@ -224,7 +226,13 @@ def prepare(args):
 
 def execute(args, prepared, ctx):
     base, warnings = prepared
-    run_protocol(args, base, warnings, ctx)
+    # One --out, one protocol run: the top-level directory is locked like each stage's (a second
+    # run on it while this one lives is refused in one line, before it writes anything).
+    run_dir = open_run_directory(args.out, ctx)
+    try:
+        run_protocol(args, base, warnings, ctx)
+    finally:
+        run_dir.release()
 
 
 def main(argv=None):
