@@ -171,6 +171,19 @@ def attacks_for(usage):
     return tuple(name for name, attack in ATTACKS.items() if usage in attack.usage)
 
 
+# Every number of the published attacks (usage 'test': they differentiate the published backward,
+# blind to the threshold dynamics) is labelled so wherever it is shown (README: Robustness).
+PUBLISHED_LABEL = 'published attack'
+TRANSFER_SUFFIX = '-transfer'  # protocol.py's rows of examples crafted on the partner model
+
+
+def attack_label(name):
+    """An attack row's name as console tables show it: ``pgd (published attack)`` for the
+    published attacks and their transfer rows (``pgd-transfer``), the name alone otherwise."""
+    base = name[:-len(TRANSFER_SUFFIX)] if name.endswith(TRANSFER_SUFFIX) else name
+    return f"{name} ({PUBLISHED_LABEL})" if base in attacks_for('test') else name
+
+
 FT_METHODS = tuple(attack.ft_method for attack in ATTACKS.values() if 'train' in attack.usage)
 
 

@@ -42,6 +42,7 @@ RANDOM_NDS = 'random-nds'
 MAX_CONFIG_BYTES = 1 << 20  # a config file is a few kB
 MAX_YAML_DEPTH = 32  # the schema nests 4 deep (section, layer, key, list)
 MAX_EPOCHS = 10_000
+MAX_SAMPLES = 10**9  # a sample count (train_samples, test_samples, batch_size): beyond every data set
 MAX_SEED = 2**63 - 1  # torch seeds are 64-bit; the run adds 1000 * rank and the epoch to it
 MAX_LAYERS = 1000
 MAX_EPSILONS = 32  # each runs four attacks (two of 7 steps) over the test set; published: 1 to 4
@@ -112,6 +113,30 @@ def parse_yaml(source):
         # e.g. an integer of 5000 digits (beyond int()'s limit)
         reason = (str(exc).splitlines() or [type(exc).__name__])[0]
         raise ConfigError(f"not valid YAML: {show(reason, 120)}") from None
+
+
+# The keys that count samples: integers only (1000, not 1000.0 or true), from 1 to MAX_SAMPLES.
+# (DEFAULT.*_samples used to take 1e12, which then broke a slice in datasets/.)
+SAMPLE_COUNT_KEYS = {'DEFAULT': ('train_samples', 'test_samples'), 'Network': ('batch_size',)}
+
+
+def sample_count(value, name, optional=False):
+    """``value`` as a number of samples: an int from 1 to MAX_SAMPLES (None too when
+    ``optional``: all samples), else a one-line ConfigError naming ``name``."""
+    if value is None and optional:
+        return None
+    what = 'an integer number of samples' + (' or null (all)' if optional else '')
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{name} must be {what}, e.g. 1000; got {show(value)}")
+    if not 1 <= value <= MAX_SAMPLES:
+        raise ConfigError(f"{name} must be {what} from 1 to {MAX_SAMPLES:,}, got {show(value)}")
+    return value
+
+
+def get_sample_count(section, key, where, optional=False):
+    if key not in section and not optional:
+        raise ConfigError(f"{where}.{key} is required")
+    return sample_count(section.get(key), f"{where}.{key}", optional)
 
 
 def config_path_for_dataset(index):
@@ -218,8 +243,8 @@ def resolve(raw):
             or cfg['Network'].get('save_target')):
         raise ConfigError("nothing to do: DEFAULT.cleantrain, advtrain, advtest and "
                           "Network.save_target are all false")
-    for key in ('train_samples', 'test_samples'):
-        get_number(default, key, 'DEFAULT', default=None, positive=True, integer=True)
+    for key in SAMPLE_COUNT_KEYS['DEFAULT']:
+        default[key] = get_sample_count(default, key, 'DEFAULT', optional=True)
     get_number(default, 'seed', 'DEFAULT', integer=True, minimum=0, maximum=MAX_SEED)
     get_choice(default, 'dtype', 'DEFAULT', DTYPES)
     if default['ckpt'] is not None:
@@ -242,7 +267,8 @@ def resolve(raw):
     network['ckpt_v'] = resolve_input_path(settings.ckpt_v)
     settings = dataclasses.replace(settings, ckpt_v=network['ckpt_v'])
     get_number(network, 'epochs', 'Network', integer=True, minimum=0, maximum=MAX_EPOCHS)
-    get_number(network, 'batch_size', 'Network', positive=True, integer=True)
+    for key in SAMPLE_COUNT_KEYS['Network']:
+        network[key] = get_sample_count(network, key, 'Network')
     get_number(network, 'lr', 'Network', positive=True)
     get_number(network, 'mean', 'Network')
     get_number(network, 'std', 'Network', positive=True, minimum=MIN_STD)

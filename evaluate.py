@@ -18,9 +18,10 @@ import sys
 from robustness import adaptive
 from robustness import adaptive_attacks
 from runtime.checkpoint import load_checkpoint
-from config import RANDOM_NDS, ConfigError, apply_overrides, load_config, resolve
+from config import RANDOM_NDS, ConfigError, apply_overrides, load_config, resolve, sample_count
 from errors import without_warning
 from runtime.rng import seed_everything
+from training.checkpoint_model import config_for_checkpoint, model_of_checkpoint
 from training.cli import add_config_arguments, config_from_args, run_cli
 from training.experiment import build_model
 
@@ -37,7 +38,7 @@ def get_args_parser():
                         '1000 Fashion-MNIST images on 2 CPU cores; full: ~5x that, with Square')
     parser.add_argument('--eps', help='comma-separated pixel eps, e.g. 2/255,4/255,8/255 '
                         '(default: ATTACK.strength)')
-    parser.add_argument('--samples', type=int, help='the first N test images (default: all)')
+    parser.add_argument('--samples', help='the first N test images, an integer (default: all)')
     parser.add_argument('--threat', default='per-step',
                         help="per-step, static, or both comma-separated (default: per-step)")
     parser.add_argument('--clamp', choices=CLAMP_CHOICES, default='config',
@@ -69,14 +70,13 @@ def partner_config(args, cfg):
     if args.partner_config:
         partner, _ = load_config(args.partner_config, list(args.partner_set) + overrides)
         return partner
-    stored = load_checkpoint(args.partner).get('config')
+    checkpoint = load_checkpoint(args.partner)
+    stored = checkpoint.get('config')
     raw = copy.deepcopy(cfg)
     if isinstance(stored, dict) and isinstance(stored.get('Layers'), dict) \
             and isinstance(stored.get('Network'), dict):
         raw['Layers'] = copy.deepcopy(stored['Layers'])
-        raw['Network']['model'] = stored['Network'].get('model', raw['Network']['model'])
-    else:
-        raw['Network']['model'] = 'LIF' if cfg['Network']['model'] == 'ALIF' else 'ALIF'
+    raw['Network']['model'] = model_of_checkpoint(checkpoint, args.partner)[0]
     apply_overrides(raw, list(args.partner_set) + overrides)
     try:
         partner, _ = resolve(raw)
@@ -87,11 +87,11 @@ def partner_config(args, cfg):
 
 def prepare(args):
     args.set = [*args.set, f"DEFAULT.ckpt={args.ckpt}", *EVAL_ONLY]
-    if args.samples is not None:
-        if args.samples < 1:
-            raise ConfigError(f"--samples must be >= 1, got {args.samples}")
-        args.set.append(f"DEFAULT.test_samples={args.samples}")
-    cfg, warnings, _ = config_from_args(args)
+    if args.samples is not None:  # read here, not by argparse: a bad value is one line, exit 2
+        text = args.samples.strip()
+        count = int(text) if text.isascii() and text.isdigit() else args.samples
+        args.set.append(f"DEFAULT.test_samples={sample_count(count, '--samples')}")
+    cfg, warnings, _, notes = config_for_checkpoint(args, config_from_args)
     warnings = without_warning(warnings, RANDOM_NDS)  # the NDS is in the weights
     try:
         eps_list = ([adaptive_attacks.parse_eps(e) for e in args.eps.split(',') if e.strip()]
@@ -115,16 +115,18 @@ def prepare(args):
         raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
     partner = partner_config(args, cfg) if args.partner else None
     load_checkpoint(args.ckpt)  # a bad checkpoint fails before any data is read
-    return cfg, warnings, eps_list, threats, clamps, partner
+    return cfg, warnings, notes, eps_list, threats, clamps, partner
 
 
 def execute(args, prepared, ctx):
-    cfg, warnings, eps_list, threats, clamps, partner_cfg = prepared
+    cfg, warnings, notes, eps_list, threats, clamps, partner_cfg = prepared
     out_dir = args.out or os.path.join(os.path.dirname(os.path.abspath(args.ckpt)),
                                        f"robustness-{args.suite}")
     log = (lambda message: print(message, flush=True)) if ctx.is_main else (lambda message: None)
     for warning in warnings:
         log(f"warning: {warning}")
+    for note in notes:
+        log(note)
     seed_everything(cfg['DEFAULT']['seed'])
     model = build_model(cfg, args.ckpt, ctx.device).eval()
     partner = build_model(partner_cfg, args.partner, ctx.device).eval() if partner_cfg else None

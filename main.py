@@ -14,6 +14,7 @@ import re
 import sys
 
 from config import ConfigError
+from training.checkpoint_model import config_for_checkpoint
 from training.cli import add_config_arguments, config_from_args, default_run_name, run_cli
 from training.experiment import run_experiment
 
@@ -50,10 +51,18 @@ def default_out(cfg):
     return os.path.join('checkpoints', name)
 
 
+def prepare(args):
+    """The config; with ``-d N`` and ``DEFAULT.ckpt``, its neuron type is the checkpoint's."""
+    return config_for_checkpoint(args, config_from_args)
+
+
 def execute_run(args, prepared, ctx):
-    cfg, warnings, _ = prepared
+    cfg, warnings, _, notes = prepared
     if args.allow_config_change and not args.resume:
         raise ConfigError("--allow-config-change is for --resume (a new run takes its config as is)")
+    if ctx.is_main:
+        for note in notes:
+            print(note, flush=True)
     out_dir = args.out or default_out(cfg)
     run_experiment(copy.deepcopy(cfg), out_dir, ctx, resume=args.resume, workers=args.workers,
                    nds_out=args.nds_out, warnings=warnings,
@@ -61,7 +70,7 @@ def execute_run(args, prepared, ctx):
 
 
 def main(argv=None):
-    return run_cli(get_args_parser().parse_args(argv), config_from_args, execute_run)
+    return run_cli(get_args_parser().parse_args(argv), prepare, execute_run)
 
 
 if __name__ == '__main__':

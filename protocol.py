@@ -31,8 +31,10 @@ from config import RANDOM_NDS, ConfigError, attack_strengths
 from errors import without_warning
 from training.diagnostics import SpikeMonitor, diagnose
 from training.engine import accuracy_under_attack
+from runtime.formatting import eps_text
 from runtime.outputs import RunOutputs
 from runtime.rng import seed_everything
+from runtime.rundir import open_run_directory
 from training.cli import add_config_arguments, config_from_args, run_cli
 from training.experiment import build_loaders, build_model, run_experiment
 from training.protocol_table import MODELS, PARTNER, TITLES, format_markdown_table
@@ -116,7 +118,7 @@ def robustness_table(models, stage_cfgs, loader, strengths, ctx, outputs, ft):
             accuracies, n = accuracy_under_attack(
                 models[source], [models[t] for t in targets], loader, ctx, outputs.progress,
                 attack, Normalization.of(cfg['Network']).to_model_units(eps), attack_bounds(cfg),
-                desc=f"{source} {attack or 'clean'} eps={eps:.4f}")
+                desc=f"{source} {attack or 'clean'} eps={eps_text(eps)}")
         return accuracies, n, [monitors[t].stats(ctx) for t in targets]
 
     for name in MODELS:
@@ -167,6 +169,7 @@ def run_protocol(args, base, warnings, ctx):
                        allow_config_change=args.allow_config_change)
         summary_outputs.results['stages'][name] = {'wall_time_s': time.perf_counter() - start}
         summary_outputs.write_results()
+        summary_outputs.check_writes()  # rank 0 could not write: every rank stops here
 
     summary_outputs.log("== adversarial test of the four models")
     start = time.perf_counter()
@@ -207,7 +210,13 @@ def prepare(args):
 
 def execute(args, prepared, ctx):
     base, warnings = prepared
-    run_protocol(args, base, warnings, ctx)
+    # One --out, one protocol run: the top-level directory is locked like each stage's (a second
+    # run on it while this one lives is refused in one line, before it writes anything).
+    run_dir = open_run_directory(args.out, ctx)
+    try:
+        run_protocol(args, base, warnings, ctx)
+    finally:
+        run_dir.release()
 
 
 def main(argv=None):

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from layers.bptt import PUBLISHED, use_gradient_path
 from layers.config_keys import read_fraction
+from runtime.formatting import eps_text  # noqa: F401 -- shared with the published test's progress bars
 
 THREATS = ('per-step', 'static')
 PGD_STEP_FRACTION = 2.5         # PGD step = 2.5 eps / steps (Madry et al. 2018)
@@ -33,10 +34,6 @@ def parse_eps(value, where='--eps'):
     point reads back as 8/255, for exact reports)."""
     eps = read_fraction(str(value) if isinstance(value, Fraction) else value, where)
     return eps.limit_denominator(100000) if isinstance(value, float) else eps
-
-
-def eps_text(eps):
-    return str(Fraction(eps))
 
 
 # --- threat models ------------------------------------------------------------------------------

@@ -1,6 +1,14 @@
 """Every side effect of a run, in one place, done by rank 0 only: console lines, tqdm progress,
 TensorBoard scalars, ``results.json``, the resolved config and the checkpoints. On other ranks
-every method is a no-op (progress bars pass the iterable through)."""
+every method is a no-op (progress bars pass the iterable through).
+
+A write that fails on rank 0 (full disk, I/O error: an OutputWriteError) must end every rank, each with
+the same one line and exit status 2 -- not rank 0 alone, leaving the others to die in torchrun's
+teardown. So under several processes rank 0 records the failure (and writes nothing more), and
+the ranks agree on it at the points every rank passes together: each checkpoint save (every
+epoch), the NDS save, the end of the RunOutputs, and ``check_writes()``; there every rank raises.
+One process raises at once."""
+import errno
 import json
 import os
 import sys
@@ -9,17 +17,34 @@ import time
 import torch
 from tqdm import tqdm
 
-from runtime.checkpoint import atomic_write, atomic_write_text, remove_stale_temporaries, save_checkpoint
+from attack import attack_label
+from runtime.checkpoint import (CheckpointError, OutputWriteError, atomic_write, atomic_write_text,
+                                output_error, remove_stale_temporaries, save_checkpoint)
 from config import dump_config
 from training.diagnostics import format_rate
 from layers.network import OUTPUT_LAYER
+from runtime.distributed import all_gather_object
+from runtime.formatting import eps_text
 from runtime.provenance import git_commit, versions
+
+
+FAULT_SAVE_ERROR_ENV = 'HOSNN_FAULT_SAVE_ERROR_AT_EPOCH'  # tests: rank 0's checkpoint save of epoch k fails
+
+
+def fault_save_error_epoch():
+    """The epoch whose checkpoint save a test wants to fail on rank 0 with an I/O error
+    (``HOSNN_FAULT_SAVE_ERROR_AT_EPOCH``); None normally."""
+    value = os.environ.get(FAULT_SAVE_ERROR_ENV)
+    return int(value) if value not in (None, '') else None
 
 
 class RunOutputs:
     def __init__(self, out_dir, ctx, config, results=None, resume=False):
         self.out_dir = out_dir
+        self.ctx = ctx
         self.active = ctx.is_main
+        self.failure = None  # rank 0's first failed write, until the ranks agree on it
+        self.save_error_epoch = fault_save_error_epoch()
         self.results = results if results is not None else {
             'run': os.path.basename(os.path.normpath(out_dir)),
             'started': time.strftime('%Y-%m-%d %H:%M:%S'),
@@ -34,10 +59,39 @@ class RunOutputs:
             self.results.setdefault('launches', []).append({
                 'started': time.strftime('%Y-%m-%d %H:%M:%S'), 'commit': git_commit(),
                 'versions': versions(), 'world_size': ctx.world_size, 'device': str(ctx.device)})
-            os.makedirs(out_dir, exist_ok=True)
-            if resume:
-                remove_stale_temporaries(out_dir)  # a kill during a save leaves one behind
-            atomic_write_text(os.path.join(out_dir, 'config.yaml'), dump_config(config))
+            self._write(lambda: self._start_directory(config, resume))
+        self.check_writes()
+
+    def _start_directory(self, config, resume):
+        try:
+            os.makedirs(self.out_dir, exist_ok=True)
+        except OSError as exc:
+            raise output_error(exc, self.out_dir) from None
+        if resume:
+            remove_stale_temporaries(self.out_dir)  # a kill during a save leaves one behind
+        atomic_write_text(os.path.join(self.out_dir, 'config.yaml'), dump_config(config))
+
+    def _write(self, write):
+        """Run one of rank 0's writes. A failure (CheckpointError: OutputWriteError, a NaN checkpoint)
+        is raised at once in one process; under several it is kept for check_writes() and rank 0
+        writes nothing more (the files already written stay as they are)."""
+        if not self.active or self.failure is not None:
+            return
+        try:
+            write()
+        except CheckpointError as exc:
+            if not self.ctx.distributed:
+                raise
+            self.failure = str(exc)
+
+    def check_writes(self):
+        """Every rank must call it at the same point: if rank 0 failed to write, every rank raises
+        the same one-line OutputWriteError (exit status 2 on every rank)."""
+        if not self.ctx.distributed:
+            return
+        failure = all_gather_object(self.ctx, self.failure)[0]
+        if failure is not None:
+            raise OutputWriteError(failure if self.active else f"{failure} (on rank 0)")
 
     @property
     def writer(self):
@@ -102,26 +156,36 @@ class RunOutputs:
     def write_results(self):
         if self.active:
             self.results['updated'] = time.strftime('%Y-%m-%d %H:%M:%S')
-            atomic_write_text(os.path.join(self.out_dir, 'results.json'),
-                              json.dumps(self.results, indent=1, default=float) + '\n')
+            self._write(lambda: atomic_write_text(
+                os.path.join(self.out_dir, 'results.json'),
+                json.dumps(self.results, indent=1, default=float) + '\n'))
 
     def write_text(self, name, text):
-        if self.active:
-            atomic_write_text(os.path.join(self.out_dir, name), text)
+        self._write(lambda: atomic_write_text(os.path.join(self.out_dir, name), text))
 
     def save_checkpoint(self, name, model_without_ddp, epoch, **extra):
-        if self.active:
-            save_checkpoint(os.path.join(self.out_dir, name), model_without_ddp, epoch, **extra)
+        """Every rank calls it (rank 0 writes): the ranks agree here on rank 0's writes."""
+        path = os.path.join(self.out_dir, name)
+
+        def save():
+            if epoch == self.save_error_epoch:  # HOSNN_FAULT_SAVE_ERROR_AT_EPOCH: a failing disk
+                raise output_error(OSError(errno.EIO, os.strerror(errno.EIO)), path)
+            save_checkpoint(path, model_without_ddp, epoch, **extra)
+        self._write(save)
+        self.check_writes()
 
     def save_nds(self, path, nds):
-        if self.active:
-            atomic_write(path, lambda f: torch.save(nds, f))
-            self.log(f"NDS of {len(nds)} layers saved to {path}")
+        """Every rank calls it (rank 0 writes), like save_checkpoint."""
+        self._write(lambda: atomic_write(path, lambda f: torch.save(nds, f)))
+        self.check_writes()
+        self.log(f"NDS of {len(nds)} layers saved to {path}")
 
     def close(self):
+        """Every rank calls it at the end of the run: the last agreement on rank 0's writes."""
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+        self.check_writes()
 
 
 def launch_directory(tb_root):
@@ -136,9 +200,12 @@ def launch_directory(tb_root):
 
 def format_robustness_table(rows):
     """``attack | eps | accuracy | samples | output rate`` as aligned text (the output layer's
-    mean spikes per neuron per step; n/a for a softmax read-out, which does not spike)."""
-    lines = [f"{'attack':<10} {'eps':>8} {'accuracy':>9} {'samples':>8} {'output rate':>12}"]
+    mean spikes per neuron per step; n/a for a softmax read-out, which does not spike). The
+    published attacks' rows say so (attack.attack_label); eps is a fraction (4/255)."""
+    width = max([10] + [len(attack_label(row['attack'])) for row in rows])
+    lines = [f"{'attack':<{width}} {'eps':>8} {'accuracy':>9} {'samples':>8} {'output rate':>12}"]
     for row in rows:
-        lines.append(f"{row['attack']:<10} {row['eps']:>8.4f} {100 * row['accuracy']:>8.2f}% "
+        lines.append(f"{attack_label(row['attack']):<{width}} {eps_text(row['eps']):>8} "
+                     f"{100 * row['accuracy']:>8.2f}% "
                      f"{row['n_samples']:>8d} {format_rate(row.get('output_rate')):>12}")
     return '\n'.join(lines)

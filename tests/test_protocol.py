@@ -40,7 +40,7 @@ def test_protocol_end_to_end(tmp_path, monkeypatch, capsys):
         assert row['n_samples'] == N_TEST
         assert all(0 <= row[m] <= 1 for m in protocol.MODELS)
     assert set(summary['stages']) == {*protocol.MODELS, 'adversarial_test'}
-    assert '| pgd-transfer | 1/10 |' in summary['table_markdown']
+    assert '| pgd-transfer (published attack) | 1/10 |' in summary['table_markdown']
     assert 'HoSNN FGSM-trained' in capsys.readouterr().out
 
     # --resume: every stage is finished, only the test runs again, with the same numbers.

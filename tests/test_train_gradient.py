@@ -15,7 +15,7 @@ from layers.bptt import BpttPath
 from layers.config_keys import ConfigError
 from layers.reference import AutogradPath
 from training.engine import GRAD_CLIP_NORM, train_step
-from test_main import mnist_dir, results, settings  # noqa: F401 -- the fixture is used by name
+from conftest import read_results as results, settings
 
 N_STEPS = 5
 RTOL = ATOL = 1e-10

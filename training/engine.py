@@ -7,9 +7,10 @@ import time
 
 import torch
 
-from attack import ATTACKS, attacks_for
+from attack import ATTACKS, attack_label, attacks_for
 from training.diagnostics import SpikeMonitor, diagnose
 from runtime.distributed import all_reduce_sum
+from runtime.formatting import eps_text
 from layers import compute_loss, predict, time_expand, use_gradient_path
 
 GRAD_CLIP_NORM = 1.0
@@ -143,10 +144,10 @@ def adversarial_test(model, loader, normalization, bounds, strengths, ctx, progr
             with SpikeMonitor(model) as monitor:
                 accuracy, n = evaluate(model, loader, ctx, progress, attack=name,
                                        eps=normalization.to_model_units(eps), bounds=bounds,
-                                       desc=f"{name} eps={eps:.4f}")
+                                       desc=f"{name} eps={eps_text(eps)}")
             rows.append({'attack': name, 'eps': eps, 'accuracy': accuracy, 'n_samples': n,
                          'output_rate': monitor.stats(ctx)['output_rate']})
-            log(f"{name} eps={eps:.4f}: {100 * accuracy:.2f}% ({n} samples)")
+            log(f"{attack_label(name)} eps={eps_text(eps)}: {100 * accuracy:.2f}% ({n} samples)")
     return rows
 
 

@@ -1,9 +1,10 @@
 """The four models of protocol.py (their stage names, partners and titles) and its LIF vs HoSNN
 table, shared with the report scripts (scripts/protocol_report.py, scripts/attack_sanity.py) so
 that no module imports the protocol.py command line."""
-from fractions import Fraction
 from types import MappingProxyType
 
+from attack import attack_label
+from runtime.formatting import eps_text
 from training.diagnostics import format_rate
 
 MODELS = ('lif_clean', 'hosnn_clean', 'lif_ft', 'hosnn_ft')
@@ -20,9 +21,9 @@ def format_markdown_table(rows, ft):
     lines = ['| attack | eps | ' + ' | '.join(titles) + ' | samples |',
              '|---|---|' + '---:|' * len(MODELS) + '---:|']
     for row in rows:
-        eps = str(Fraction(row['eps']).limit_denominator(1000))
         cells = [f"{100 * row[name]:.2f}" if name in row else '' for name in MODELS]
-        lines.append(f"| {row['attack']} | {eps} | " + ' | '.join(cells) + f" | {row['n_samples']} |")
+        lines.append(f"| {attack_label(row['attack'])} | {eps_text(row['eps'])} | " + ' | '.join(cells)
+                     + f" | {row['n_samples']} |")
     clean = next((row for row in rows if row['attack'] == 'clean' and 'output_rate' in row), None)
     if clean is not None:  # mean spikes per output neuron per step; n/a: a softmax read-out
         lines.append('| output-layer firing rate (clean) | | ' + ' | '.join(
