@@ -1,4 +1,4 @@
-"""Adaptive robustness evaluation of one checkpoint (adaptive.py does the work):
+"""Adaptive robustness evaluation of one checkpoint (robustness/evaluation.py does the work):
 
     python evaluate.py --ckpt best.pth -d 3 --suite quick --samples 1000 --out runs/eval
     python evaluate.py --ckpt best.pth -d 3 --suite full --eps 2/255,4/255,8/255 --threat per-step,static
@@ -15,8 +15,8 @@ import copy
 import os
 import sys
 
-from robustness import adaptive
-from robustness import adaptive_attacks
+from robustness import evaluation, plan
+from robustness.threats import THREATS, parse_eps
 from runtime.checkpoint import load_checkpoint
 from config import ConfigError, apply_overrides, load_config, resolve
 from training.runner import add_config_arguments, build_model, config_from_args, run_cli, seed_everything
@@ -29,7 +29,7 @@ def get_args_parser():
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--ckpt', required=True, help='the checkpoint to evaluate')
     add_config_arguments(parser)
-    parser.add_argument('--suite', choices=adaptive.SUITES, default='quick',
+    parser.add_argument('--suite', choices=plan.SUITES, default='quick',
                         help='published: the published attacks only; quick (default): ~10 min per '
                         '1000 Fashion-MNIST images on 2 CPU cores; full: ~5x that, with Square')
     parser.add_argument('--eps', help='comma-separated pixel eps, e.g. 2/255,4/255,8/255 '
@@ -91,8 +91,8 @@ def prepare(args):
     cfg, warnings, _ = config_from_args(args)
     warnings = [w for w in warnings if 'Network.ckpt_v is null' not in w]  # the NDS is in the weights
     try:
-        eps_list = ([adaptive_attacks.parse_eps(e) for e in args.eps.split(',') if e.strip()]
-                    if args.eps else [adaptive_attacks.parse_eps(e, f"ATTACK.strength[{i}]")
+        eps_list = ([parse_eps(e) for e in args.eps.split(',') if e.strip()]
+                    if args.eps else [parse_eps(e, f"ATTACK.strength[{i}]")
                                       for i, e in enumerate(cfg['ATTACK']['strength'])])
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
@@ -100,7 +100,7 @@ def prepare(args):
         raise ConfigError("no eps to evaluate: pass --eps 8/255 or set ATTACK.strength")
     threats = [t.strip() for t in args.threat.split(',') if t.strip()]
     for threat in threats:
-        if threat not in adaptive_attacks.THREATS:
+        if threat not in THREATS:
             raise ConfigError(f"--threat {threat!r}: choose per-step, static or both "
                               f"('per-step,static')")
     if args.suite == 'published' and threats != ['per-step']:
@@ -125,7 +125,7 @@ def execute(args, prepared, ctx):
     seed_everything(cfg['DEFAULT']['seed'])
     model = build_model(cfg, args.ckpt, ctx.device).eval()
     partner = build_model(partner_cfg, args.partner, ctx.device).eval() if partner_cfg else None
-    adaptive.evaluate_checkpoint(
+    evaluation.evaluate_checkpoint(
         cfg, model, args.ckpt, ctx, suite=args.suite, eps_list=eps_list, threats=threats,
         clamps=clamps, out_dir=out_dir, partner=partner, partner_path=args.partner,
         batch_size=args.batch_size, sanity_eps=not args.no_sanity_eps, log=log)
