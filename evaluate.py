@@ -4,11 +4,15 @@
     python evaluate.py --ckpt best.pth -d 3 --suite full --eps 2/255,4/255,8/255 --threat per-step,static
     torchrun --standalone --nproc_per_node=2 evaluate.py --ckpt best.pth -d 3 --partner lif.pth
 
-Writes robustness.json, per_sample.npz, report.md and robust_accuracy.png into --out. Suites:
-``published`` (the published FGSM/R-FGSM/PGD/BIM only), ``quick`` (PGD-CE/CW through the published
-backward and two exact-BPTT surrogates, APGD-CE/DLR through the strongest), ``full`` (a sweep
-over surrogate shapes and sharpness, APGD-CE/DLR/T, PGD-7 vs PGD-100, Square with 5000 queries).
-Every suite adds a sanity run at eps = 64/255 and the checks of report.md.
+Writes robustness.json, per_sample.npz, report.md and robust_accuracy.png into --out. Suites
+(robustness/plan.py): ``published`` (the published FGSM/R-FGSM/PGD/BIM only); ``quick`` (a PGD-CE
+sweep through the published backward and two exact-BPTT surrogates, each sharpened while it
+helps, on 100 images; APGD-CE/DLR through the strongest path and an ensemble of the three
+strongest); ``full`` (the sweep over six surrogate shapes on 200 images, APGD-CE/DLR with 100
+iterations through the three strongest paths and their ensemble, APGD-T, CW, PGD-7 vs PGD-100,
+transfer, Square with 5000 queries). The expensive attacks run only on the images no earlier
+attack broke (AutoAttack's cascade) unless --standalone. Every suite adds a sanity run at
+eps = 64/255 and the checks of report.md.
 """
 import argparse
 import copy
@@ -41,6 +45,10 @@ def get_args_parser():
                         help='clamp to the valid pixel range (default: ATTACK.clamp)')
     parser.add_argument('--no-sanity-eps', action='store_true',
                         help='skip the extra run at eps=64/255 (its masking check is then not run)')
+    parser.add_argument('--standalone', action='store_true',
+                        help="run every attack on every image and report each one's own accuracy "
+                        "(default: the cascade -- the ranking sweep on a subset, the expensive "
+                        "attacks only on images no earlier attack broke)")
     parser.add_argument('--partner', help='checkpoint of the partner model, for transfer attacks')
     parser.add_argument('--partner-config', help="the partner's YAML (default: the config stored "
                         "in its checkpoint, else this config with the other neuron model)")
@@ -128,7 +136,8 @@ def execute(args, prepared, ctx):
     evaluation.evaluate_checkpoint(
         cfg, model, args.ckpt, ctx, suite=args.suite, eps_list=eps_list, threats=threats,
         clamps=clamps, out_dir=out_dir, partner=partner, partner_path=args.partner,
-        batch_size=args.batch_size, sanity_eps=not args.no_sanity_eps, log=log)
+        batch_size=args.batch_size, sanity_eps=not args.no_sanity_eps, log=log,
+        standalone=args.standalone)
 
 
 def main(argv=None):

@@ -89,6 +89,9 @@ class ImageModel(nn.Module):
     def __init__(self, scores, threat, eps, x):
         super().__init__()
         self.scores = scores
+        # torchattacks takes its device from the wrapper's first parameter; the model sits behind
+        # ``scores``, so a zero-size one on the inputs' device says it.
+        self.anchor = nn.Parameter(torch.empty(0, dtype=x.dtype, device=x.device), requires_grad=False)
         self.threat = threat
         if threat.clamp or x.numel() == 0:
             low, high = 0.0, 1.0

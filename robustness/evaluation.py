@@ -34,10 +34,11 @@ def published_attack_fn(network_cfg):
 
 def run_evaluation(model, images, labels, indices, ctx, *, suite, eps_list, threats, clamps, mean,
                    std, batch_size, published_attack, partner=None, sanity_eps=True, log=print,
-                   all_reduce=None, all_gather=None):
+                   all_reduce=None, all_gather=None, standalone=False):
     """Run ``suite`` on this process's shard (``images`` normalised ``[n, C, H, W]``, their
     ``labels`` and global sample ``indices``) under every threat model and clamp setting; gather
-    the per-sample results of all ranks. Returns ``(result, table)``; ``result`` holds the rows,
+    the per-sample results of all ranks. ``standalone``: every attack on every image (a per-attack
+    table) instead of the cascade (expensive attacks only on the images still robust). Returns ``(result, table)``; ``result`` holds the rows,
     the worst case and the sanity checks (the same on every rank)."""
     if suite not in SUITES:
         raise ValueError(f"suite {suite!r}: choose one of {', '.join(SUITES)}")
@@ -47,7 +48,7 @@ def run_evaluation(model, images, labels, indices, ctx, *, suite, eps_list, thre
     if partner is not None:
         partner.eval()
     evaluation = Evaluation(model, images, labels, indices, ctx, batch_size, published_attack,
-                            partner=partner, log=log, all_reduce=all_reduce)
+                            partner=partner, log=log, all_reduce=all_reduce, standalone=standalone)
     eps_list = [Fraction(e) for e in eps_list]
     zero_shares = {}
     for threat_name in threats:
@@ -126,7 +127,7 @@ def spike_warnings(model, images, ctx, batch_size):
 
 def evaluate_checkpoint(cfg, model, ckpt_path, ctx, *, suite, eps_list, threats, clamps, out_dir,
                         partner=None, partner_path=None, batch_size=None, sanity_eps=True,
-                        log=print):
+                        log=print, standalone=False):
     """evaluate.py's work for one model (also used by protocol.py --suite): the sample shard,
     the suite, and on rank 0 the output files. Returns the result (robustness.json's content)."""
     from runtime.checkpoint import load_checkpoint
@@ -148,7 +149,8 @@ def evaluate_checkpoint(cfg, model, ckpt_path, ctx, *, suite, eps_list, threats,
         model, images, labels, indices, ctx, suite=suite, eps_list=eps_list, threats=threats,
         clamps=clamps, mean=mean, std=std, batch_size=batch_size or cfg['Network']['batch_size'],
         published_attack=published_attack_fn(cfg['Network']), partner=partner,
-        sanity_eps=sanity_eps, log=log, all_reduce=lambda values: all_reduce_sum(ctx, values),
+        sanity_eps=sanity_eps, log=log, standalone=standalone,
+        all_reduce=lambda values: all_reduce_sum(ctx, values),
         all_gather=lambda obj: all_gather_object(ctx, obj))
     ckpt = load_checkpoint(ckpt_path)
     result = {'checkpoint': {'path': ckpt_path, 'sha256': sha256_of(ckpt_path),

@@ -51,9 +51,13 @@ def report_markdown(result):
               "are adaptive (the published attacks perturb every time step, so they run under the "
               "per-step threat model only). `gradient` is the backward the attack differentiates "
               "(`published`, or exact BPTT `bptt:<surrogate>:<sharpness>`); `none` = black box; "
-              "`partner:` = crafted on the partner model (transfer). Square runs only on images "
-              "that every earlier attack missed, so its row is the worst case after it; the full "
-              "suite runs it at the largest ε of the list only (5000 queries per image).", '',
+              "`partner:` = crafted on the partner model (transfer); `ensemble:a+b` = the mean "
+              "gradient of several paths. Rows marked *(subset)* are the ranking sweep (PGD-CE "
+              "through every path on the first images; each surrogate family sharpened while it "
+              "helps); rows marked *(survivors)* ran only on the images every earlier attack "
+              "missed (AutoAttack's cascade; `--standalone` runs every attack on every image), so "
+              "their accuracy is the worst case after them. Square runs at the largest ε of the "
+              "list only (5000 queries per image).", '',
               '## Worst case (an image counts as robust only if no attack fooled it)', '',
               '| ε | threat | clamp | worst-case accuracy (%) | images |', '|---|---|---|---:|---:|']
     for entry in result['worst_case']:
@@ -68,7 +72,7 @@ def report_markdown(result):
                 if row['label'] == PUBLISHED_LABEL else row['attack'])
         broke = first[(row['eps'], row['threat'], row['clamp'])].get(row_label(row), '')
         lines.append(f"| {name} | {row['gradient']} | {row['loss']} | {row['steps']}×{row['restarts']}"
-                     f"{' (survivors)' if row['scope'] == 'survivors' else ''} | {row['eps']} | "
+                     f"{' (' + row['scope'] + ')' if row['scope'] != 'all' else ''} | {row['eps']} | "
                      f"{row['threat']} | {str(row['clamp']).lower()} | {100 * row['accuracy']:.2f} | "
                      f"{broke} | {row['time_s']:.0f} |")
     lines += ['', '## Sanity checks', '', '| check | result | detail |', '|---|---|---|']

@@ -14,7 +14,10 @@ from layers import time_expand
 from robustness.attacks import Target, run_attack
 from robustness.losses import LOSSES
 from robustness.paths import scores_through
-from robustness.plan import PUBLISHED_LABEL, row_label, suite_plan
+from layers.bptt import SURROGATES
+from robustness.plan import (BEST, ENSEMBLE_BEST, PUBLISHED_LABEL, AttackSpec, family,
+                             next_sharpness, resolve_gradient, row_label, sharpest_per_family,
+                             suite_plan)
 from robustness.threats import class_scores, eps_text
 
 
@@ -23,8 +26,9 @@ class Evaluation:
     images were fooled (1), not fooled (0) or not attacked (-1)."""
 
     def __init__(self, model, images, labels, indices, ctx, batch_size, published_attack,
-                 partner=None, log=print, all_reduce=None):
+                 partner=None, log=print, all_reduce=None, standalone=False):
         self.model, self.partner = model, partner
+        self.standalone = standalone  # every attack on every image (else: the cascade)
         self.images, self.labels = images, labels  # on the model's device
         self.indices = indices.cpu()  # per-sample bookkeeping stays on the CPU
         self.ctx, self.batch_size = ctx, batch_size
@@ -55,37 +59,60 @@ class Evaluation:
     def global_count(self, *values):
         return [int(v) for v in self.all_reduce(list(values)).tolist()]
 
-    def _rank_paths(self, group_rows):
-        """Gradient paths of this group's white-box PGD rows, strongest (lowest accuracy) first."""
-        best = {}
-        for row in group_rows:
-            if row['attack'] == 'pgd' and not row['gradient'].startswith(('partner', 'none')):
-                best[row['gradient']] = min(best.get(row['gradient'], 2.0), row['accuracy'])
-        return sorted(best, key=lambda path: best[path])  # stable: ties keep the sweep order
-
     def run_group(self, suite, threat, eps_list, partner=False, largest_eps=None, sanity=False):
-        """Every attack of ``suite`` at every ε of ``eps_list`` under ``threat``."""
+        """Every attack of ``suite`` at every ε of ``eps_list`` under ``threat`` (plan.py's three
+        stages: published, the ranking sweep, the ranked attacks)."""
         for eps in eps_list:
-            group_rows = []
             robust = self.clean_correct.clone()  # robust to every attack so far (this group)
-            plan = suite_plan(suite, threat.threat, eps, partner=partner and self.partner is not None,
-                              sanity=sanity, largest=eps == largest_eps, model=self.model)
-            for spec in plan:
-                gradient = spec.gradient
-                if gradient.startswith('best:'):
-                    ranked = self._rank_paths(group_rows)
-                    n = int(gradient.split(':')[1])
-                    if n > len(ranked):
-                        continue  # fewer paths than ranks: the same attack would run twice
-                    gradient = ranked[n - 1]
-                row = self._run_row(spec, gradient, threat, eps, robust, sanity)
-                group_rows.append(row)
+            plan = suite_plan(suite, threat.threat, eps, self.model,
+                              partner=self.partner if partner else None, sanity=sanity,
+                              largest=eps == largest_eps, standalone=self.standalone)
+            for spec in plan.published:
+                self._run_row(spec, spec.gradient, threat, eps, robust, sanity)
+            ranked = self._sweep(plan.sweep, threat, eps, robust, sanity) if plan.sweep else []
+            done = set()
+            for spec in plan.attacks:
+                gradient = resolve_gradient(spec.gradient, ranked)  # once per group: the sweep's
+                key = (spec.attack, gradient, spec.loss, spec.steps, spec.restarts)
+                if gradient is None or key in done:
+                    continue  # a rank beyond the swept paths, or the same attack again
+                done.add(key)
+                self._run_row(spec, gradient, threat, eps, robust, sanity)
             self._log_worst(threat, eps, robust)
 
-    def _run_row(self, spec, gradient, threat, eps, robust, sanity):
+    def _sweep(self, sweep, threat, eps, robust, sanity):
+        """Run the ranking sweep; return the swept paths, strongest (lowest accuracy) first."""
+        subset = None
+        if sweep.samples is not None:
+            subset = self.indices < sweep.samples  # the first N images of the whole sample set
+        accuracy = {}
+
+        def run(path):
+            spec = AttackSpec('pgd', path, 'ce', sweep.steps)
+            accuracy[path] = self._run_row(spec, path, threat, eps, robust, sanity, subset)['accuracy']
+
+        for path in sweep.paths:
+            run(path)
+        for path in sharpest_per_family(sweep.paths):
+            shape, _ = family(path)
+            cap = SURROGATES[shape].default_sharpness * sweep.sharpen_to * (1 + 1e-9)
+            while True:
+                sharper = next_sharpness(path, accuracy)
+                if sharper is None or family(sharper)[1] > cap or sharper in accuracy:
+                    break
+                run(sharper)
+                path = sharper
+        return sorted(accuracy, key=accuracy.get)  # stable: ties keep the sweep order
+
+    def _run_row(self, spec, gradient, threat, eps, robust, sanity, subset=None):
+        """One row: ``spec`` through ``gradient`` on the clean-correct images (``subset``: of
+        those only the marked ones; ``spec.survivors``: only those no earlier row broke)."""
         start = time.perf_counter()
         fooled = (~self.clean_correct).to(torch.int8)
         targets = robust if spec.survivors else self.clean_correct
+        if subset is not None:
+            targets = targets & subset
+            fooled[~subset] = -1  # not attacked: outside the sweep's subset
         index = targets.nonzero()[:, 0]
         if spec.survivors:
             fooled[~robust & self.clean_correct] = -1  # not attacked: already broken
@@ -97,23 +124,28 @@ class Evaluation:
             with torch.no_grad():
                 wrong = (class_scores(self.model, x_adv.detach()).argmax(1) != y).cpu()
             fooled[batch] = wrong.to(torch.int8)
+        before = int(robust.sum())
         robust &= fooled != 1
         if spec.survivors:
             not_fooled = int(robust.sum())  # the row of a survivors-only attack: the worst case after it
         else:
             not_fooled = int((fooled == 0).sum())
-        correct, n = self.global_count(not_fooled, len(self.labels))
+        attacked = len(self.labels) if subset is None else int(subset.sum())
+        correct, n, still, newly, n_all = self.global_count(
+            not_fooled, attacked, int(robust.sum()), before - int(robust.sum()), len(self.labels))
         row = {'attack': spec.attack, 'gradient': gradient, 'loss': spec.loss, 'steps': spec.steps,
                'restarts': spec.restarts, 'eps': eps_text(eps), 'threat': threat.threat,
                'clamp': threat.clamp, 'accuracy': correct / max(n, 1), 'n_samples': n,
-               'scope': 'survivors' if spec.survivors else 'all',
-               'path_choice': spec.gradient if spec.gradient.startswith('best:') else 'fixed',
+               'scope': 'survivors' if spec.survivors else ('subset' if subset is not None else 'all'),
+               'path_choice': spec.gradient if spec.gradient.startswith((BEST, ENSEMBLE_BEST)) else 'fixed',
                'label': PUBLISHED_LABEL if spec.published else 'adaptive',
+               'worst_after': still / max(n_all, 1), 'newly_broken': newly,
                'sanity_eps': sanity, 'time_s': round(time.perf_counter() - start, 3)}
         self.rows.append(row)
         self.fooled.append(fooled)
         self.log(f"  {row_label(row):<58} eps={row['eps']:<7} {threat.threat:<8} "
-                 f"clamp={str(threat.clamp).lower():<5} {100 * row['accuracy']:6.2f}%  "
+                 f"clamp={str(threat.clamp).lower():<5} {100 * row['accuracy']:6.2f}% "
+                 f"[{row['scope']}; worst {100 * row['worst_after']:.2f}%, +{newly} broken]  "
                  f"({row['time_s']:.0f}s)")
         return row
 

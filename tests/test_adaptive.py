@@ -211,15 +211,15 @@ def test_fooled_means_wrong_on_the_adversarial_example(data, monkeypatch):
 SUITE_PLAN = plan.suite_plan
 
 
-def small_plan(suite_name, threat, eps, partner=False, sanity=False, largest=False, model=None):
+def small_plan(suite_name, threat, eps, model, **kwargs):
     """Every kind of entry of a real plan, with few steps: published, a path sweep, the
     strongest path, a survivors-only black box."""
     Spec = plan.AttackSpec
-    rows = SUITE_PLAN('published', threat, eps)[2:3]  # the published PGD (per-step)
-    rows += [Spec('pgd', 'published', 'ce', 3), Spec('pgd', 'bptt:sigmoid:5', 'cw', 3),
-             Spec('apgd-ce', 'best:1', 'ce', 3), Spec('apgd-dlr', 'best:3', 'dlr', 3),
-             Spec('square', 'none', 'margin', 20, survivors=True)]
-    return rows
+    published = SUITE_PLAN('published', threat, eps, model).published[2:3]  # the published PGD
+    sweep = plan.Sweep(('published', 'bptt:sigmoid:5'), steps=3)
+    attacks = (Spec('apgd-ce', 'best:1', 'ce', 3), Spec('apgd-dlr', 'best:3', 'dlr', 3),
+               Spec('square', 'none', 'margin', 20, survivors=True))
+    return plan.Plan(published, sweep, attacks)
 
 
 def test_worst_case_is_below_every_row_and_matches_the_per_sample_table(data, monkeypatch):
@@ -331,3 +331,130 @@ def test_registry_entries_respect_eps_and_bounds_and_never_unfool(data, name, cl
 def test_unknown_attack_is_named():
     with pytest.raises(ValueError, match="unknown attack 'nope'"):
         attacks.run_attack(plan.AttackSpec('nope', 'published', 'ce', 1), None, None, None)
+
+
+def test_ranking_is_resolved_once_from_the_sweep_and_no_row_repeats(data, monkeypatch):
+    """best:1 / best:2 name the sweep's two strongest paths, whatever later rows (CW) score;
+    each rank gets its own attacks; a rank or an attack that would repeat a row is skipped."""
+    Spec = plan.AttackSpec
+    sweep_paths = ('published', 'bptt:sigmoid:5', 'bptt:fast-sigmoid:2.5')
+
+    def ranked_plan(suite_name, threat, eps, model, **kwargs):
+        return plan.Plan((), plan.Sweep(sweep_paths, steps=3),
+                         (Spec('pgd', 'best:1', 'cw', 3, survivors=True),
+                          Spec('pgd', 'best:2', 'cw', 3, survivors=True),
+                          Spec('apgd-ce', 'best:1', 'ce', 3), Spec('apgd-ce', 'best:2', 'ce', 3),
+                          Spec('apgd-ce', 'best:1', 'ce', 3),  # the same attack again
+                          Spec('apgd-ce', 'best:4', 'ce', 3),  # beyond the three paths
+                          Spec('apgd-ce', 'ensemble:best:2', 'ce', 3)))
+    monkeypatch.setattr(suite, 'suite_plan', ranked_plan)
+    result, _ = run_small(data, eps_list=(Fraction(16, 255),))
+    rows = result['rows']
+    swept = {r['gradient']: r['accuracy'] for r in rows[:3]}
+    assert list(swept) == list(sweep_paths) and all(r['scope'] == 'all' for r in rows[:3])
+    ranked = sorted(swept, key=swept.get)
+    apgd = [r['gradient'] for r in rows if r['attack'] == 'apgd-ce']
+    assert apgd == [ranked[0], ranked[1], f"ensemble:{ranked[0]}+{ranked[1]}"]
+    cw = [r['gradient'] for r in rows if r['loss'] == 'cw']
+    assert cw == ranked[:2]
+    keys = [(r['attack'], r['gradient'], r['loss'], r['steps'], r['restarts']) for r in rows]
+    assert len(keys) == len(set(keys))
+
+
+def test_resolve_gradient_and_sharpening_rules():
+    ranked = ['bptt:fast-sigmoid:10', 'published']
+    assert plan.resolve_gradient('best:2', ranked) == 'published'
+    assert plan.resolve_gradient('best:3', ranked) is None
+    assert plan.resolve_gradient('ensemble:best:4', ranked) == 'ensemble:bptt:fast-sigmoid:10+published'
+    assert plan.resolve_gradient('ensemble:best:2', ranked[:1]) is None  # one member = best:1
+    assert plan.resolve_gradient('none', ranked) == 'none'
+    # double k until two doublings in a row were weaker than the family's best
+    fs = {k: f'bptt:fast-sigmoid:{k}' for k in ('2.5', '5', '10')}
+    assert plan.next_sharpness(fs['5'], {fs['2.5']: 0.6, fs['5']: 0.5}) == fs['10']
+    assert plan.next_sharpness(fs['5'], {fs['2.5']: 0.4, fs['5']: 0.5}) == fs['10']
+    assert plan.next_sharpness(fs['10'], {fs['2.5']: 0.4, fs['5']: 0.5, fs['10']: 0.45}) is None
+    assert plan.next_sharpness(fs['10'], {fs['2.5']: 0.4, fs['5']: 0.5, fs['10']: 0.4}) == \
+        'bptt:fast-sigmoid:20'
+    assert plan.sharpest_per_family(['published', 'bptt:arctan:1.25', 'bptt:arctan:5',
+                                     'bptt:arctan:2.5']) == ['bptt:arctan:5']
+
+
+def test_the_sweep_sharpens_each_family_while_it_helps(data, monkeypatch):
+    """Sharper paths are tried (k doubled) until two in a row were weaker than the family's best,
+    up to the cap."""
+    def sharpening_plan(suite_name, threat, eps, model, **kwargs):
+        return plan.Plan((), plan.Sweep(('bptt:fast-sigmoid:2.5',), steps=2, sharpen_to=8), ())
+    monkeypatch.setattr(suite, 'suite_plan', sharpening_plan)
+    result, _ = run_small(data, eps_list=(Fraction(16, 255),))
+    swept = [(r['gradient'], r['accuracy']) for r in result['rows']]
+    names = [name for name, _ in swept]
+    assert names[0] == 'bptt:fast-sigmoid:2.5' and names[1] == 'bptt:fast-sigmoid:5'
+    assert len(names) <= 4 and names == ['bptt:fast-sigmoid:' + k for k in ('2.5', '5', '10', '20')][:len(names)]
+    accuracy = [a for _, a in swept]
+    for i in range(3, len(swept)):  # no doubling after two in a row weaker than the best
+        assert not (accuracy[i - 1] > min(accuracy[:i]) and accuracy[i - 2] > min(accuracy[:i]))
+
+
+def test_full_plan_takes_the_published_attacks_from_attack_py(data):
+    from attack import ATTACKS as PUBLISHED
+    model = data[0]
+    full = plan.suite_plan('full', 'per-step', Fraction(8, 255), model, largest=True)
+    assert [s.attack for s in full.published] == ['published-' + n for n in ('fgsm', 'rfgsm', 'pgd', 'bim')]
+    assert [s.steps for s in full.published] == [PUBLISHED[n].params.get('steps', 1)
+                                                 for n in ('fgsm', 'rfgsm', 'pgd', 'bim')]
+    assert full.sweep.samples and full.sweep.sharpen_to >= 8
+    ranks = {s.gradient for s in full.attacks if s.attack == 'apgd-ce'}
+    assert {'best:1', 'best:2', 'best:3'} <= ranks and any(r.startswith('ensemble:') for r in ranks)
+    assert all(s.steps >= 100 for s in full.attacks if s.attack.startswith('apgd-') and s.attack != 'apgd-t')
+    assert all(s.survivors for s in full.attacks if s.attack.startswith('apgd'))
+    standalone = plan.suite_plan('full', 'per-step', Fraction(8, 255), model, standalone=True)
+    assert standalone.sweep.samples is None
+    assert not any(s.survivors for s in standalone.attacks if s.attack != 'square')
+
+
+def test_ensemble_gradient_is_the_mean_of_normalised_member_gradients(data):
+    model, _, images, labels = data
+    x = expand(images[:4])
+    members = ['bptt:sigmoid:5', 'bptt:fast-sigmoid:10']
+
+    def grad_through(path):
+        leaf = x.clone().requires_grad_(True)
+        with paths.scores_through(model, path) as scores:
+            out = scores(leaf)
+            (grad,) = torch.autograd.grad(losses.LOSSES['ce'](out, labels[:4]).sum(), leaf)
+        return out.detach(), grad
+    expected = 0
+    for member in members:
+        _, grad = grad_through(member)
+        expected = expected + grad / grad.flatten(1).abs().mean(1).view(-1, 1, 1, 1, 1)
+    out, grad = grad_through(paths.ensemble_name(members))
+    torch.testing.assert_close(grad, expected / len(members))
+    with torch.no_grad():
+        torch.testing.assert_close(out, threats.class_scores(model, x))  # the forward is the model's
+
+
+class PlainModel(torch.nn.Module):
+    """A model with no spiking layers, with the Network call convention."""
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.linear = torch.nn.Linear(2 * 8 * 8, N_CLASS).double()
+
+    def forward(self, x, is_train=False):
+        return self.linear(x.mean(-1).flatten(1))[..., None], None
+
+
+def test_a_model_without_spiking_layers_has_only_the_autograd_path(data):
+    model = PlainModel()
+    assert paths.gradient_paths_for(model, 'full') == ['autograd']
+    assert paths.gradient_paths_for(data[0], 'quick')[0] == 'published'
+    with pytest.raises(ValueError, match='no spiking layers'):
+        with paths.scores_through(model, 'bptt:sigmoid:5'):
+            pass
+    x = expand(data[2])
+    labels = model(x)[0].sum(-1).argmax(1)
+    with paths.scores_through(model, 'autograd') as scores:
+        x_adv = attacks.pgd(scores, x, labels, threat_model(), Fraction(64, 255), steps=5)
+    perturbation_checks(x, x_adv, threat_model(), Fraction(64, 255))
+    quick = plan.suite_plan('quick', 'per-step', Fraction(8, 255), model)
+    assert quick.sweep.paths == ('autograd',)
