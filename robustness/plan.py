@@ -10,8 +10,10 @@ A suite at one (ε, threat model) is a :class:`Plan`, run in three stages (AutoA
    beyond the sharpnesses the suite happens to list (an outside reviewer beat the old fixed
    sweep, which stopped at fast-sigmoid k = 5, with k = 10 and 20).
 3. ``attacks``: the expensive attacks, through paths named by rank -- ``best:<n>`` (the n-th
-   strongest swept path) or ``ensemble:best:<n>`` (the mean gradient of the n strongest,
-   ``paths.py``) -- resolved ONCE from the sweep, so every rank gets its own attacks and no row
+   strongest swept path), ``ensemble:best:<n>`` (the mean gradient of the n strongest,
+   ``paths.py``) or ``sharper:<m>:best:<n>`` (the n-th strongest at m times its sharpness: a
+   10-step PGD ranks sharp surrogates too low -- their gradient is sparse until the perturbation
+   grows -- while a 100-step APGD is often strongest through them) -- resolved ONCE from the sweep, so every rank gets its own attacks and no row
    repeats another. By default they run only on the images no earlier attack broke (their row
    is then the worst case after them); ``standalone`` runs each on every image instead, for a
    per-attack table. ``none`` = black box; ``partner:<path>`` = transfer from the partner.
@@ -26,6 +28,7 @@ SUITES = ('published', 'quick', 'full')
 PUBLISHED_LABEL = 'published attack'
 BEST = 'best:'
 ENSEMBLE_BEST = 'ensemble:best:'
+SHARPER = 'sharper:'  # 'sharper:<m>:best:<n>': the n-th strongest path at m x its sharpness
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,6 +97,7 @@ def suite_plan(suite, threat, eps, model, partner=None, sanity=False, largest=Fa
         sweep = Sweep(tuple(gradient_paths_for(model, 'quick')), steps=10,
                       samples=None if standalone else 100, sharpen_to=8)
         attacks = [AttackSpec('apgd-ce', 'best:1', 'ce', 50, survivors=cascade),
+                   AttackSpec('apgd-ce', 'sharper:4:best:1', 'ce', 50, survivors=cascade),
                    AttackSpec('apgd-ce', 'ensemble:best:3', 'ce', 50, survivors=cascade),
                    AttackSpec('apgd-dlr', 'best:1', 'dlr', 50, survivors=cascade),
                    AttackSpec('pgd', 'best:2', 'cw', 20, survivors=cascade)]
@@ -110,9 +114,10 @@ def suite_plan(suite, threat, eps, model, partner=None, sanity=False, largest=Fa
     sweep = Sweep(tuple(gradient_paths_for(model, 'full')), steps=10,
                   samples=None if standalone else 200, sharpen_to=16)
     attacks = []
-    for rank in ('best:1', 'best:2', 'best:3', 'ensemble:best:4'):
+    ranks = ('best:1', 'best:2', 'best:3', 'sharper:2:best:1', 'sharper:4:best:1', 'ensemble:best:4')
+    for rank in ranks:
         attacks.append(AttackSpec('apgd-ce', rank, 'ce', 100, 2, survivors=cascade))
-    for rank in ('best:1', 'best:2', 'best:3', 'ensemble:best:4'):
+    for rank in ranks:
         attacks.append(AttackSpec('apgd-dlr', rank, 'dlr', 100, survivors=cascade))
     attacks += [AttackSpec('apgd-t', 'best:1', 'dlr-targeted', 50, survivors=cascade),
                 AttackSpec('pgd', 'best:1', 'cw', 20, 2, survivors=cascade),
@@ -132,8 +137,14 @@ def suite_plan(suite, threat, eps, model, partner=None, sanity=False, largest=Fa
 def resolve_gradient(gradient, ranked):
     """A row's gradient with its rank resolved against ``ranked`` (the swept paths, strongest
     first): ``best:<n>`` -> the n-th path, ``ensemble:best:<n>`` -> the ensemble of the n
-    strongest (fewer if fewer were swept). None when the rank does not exist or an ensemble
-    would have one member (the row would repeat another)."""
+    strongest (fewer if fewer were swept), ``sharper:<m>:best:<n>`` -> the n-th path at m times
+    its sharpness. None when the rank does not exist, an ensemble would have one member (the row
+    would repeat another) or the n-th path has no sharpness (the published backward)."""
+    if gradient.startswith(SHARPER):
+        factor, rank = gradient[len(SHARPER):].split(':', 1)
+        path = resolve_gradient(rank, ranked)
+        parsed = family(path) if path else None
+        return sharpened(parsed[0], parsed[1] * float(factor)) if parsed else None
     if gradient.startswith(ENSEMBLE_BEST):
         members = ranked[:int(gradient[len(ENSEMBLE_BEST):])]
         return ensemble_name(members) if len(members) > 1 else None

@@ -368,6 +368,8 @@ def test_resolve_gradient_and_sharpening_rules():
     assert plan.resolve_gradient('ensemble:best:4', ranked) == 'ensemble:bptt:fast-sigmoid:10+published'
     assert plan.resolve_gradient('ensemble:best:2', ranked[:1]) is None  # one member = best:1
     assert plan.resolve_gradient('none', ranked) == 'none'
+    assert plan.resolve_gradient('sharper:2:best:1', ranked) == 'bptt:fast-sigmoid:20'
+    assert plan.resolve_gradient('sharper:2:best:2', ranked) is None  # the published backward
     # double k until two doublings in a row were weaker than the family's best
     fs = {k: f'bptt:fast-sigmoid:{k}' for k in ('2.5', '5', '10')}
     assert plan.next_sharpness(fs['5'], {fs['2.5']: 0.6, fs['5']: 0.5}) == fs['10']
