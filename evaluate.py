@@ -34,8 +34,9 @@ def get_args_parser():
     parser.add_argument('--ckpt', required=True, help='the checkpoint to evaluate')
     add_config_arguments(parser)
     parser.add_argument('--suite', choices=plan.SUITES, default='quick',
-                        help='published: the published attacks only; quick (default): ~10 min per '
-                        '1000 Fashion-MNIST images on 2 CPU cores; full: ~5x that, with Square')
+                        help='published: the published attacks only; quick (default): the cheap '
+                        'cascade (budget: 3 min per eps for 1000 Fashion-MNIST images on 2 idle '
+                        'CPU cores); full: every surrogate family, more paths, Square (budget: 10 min)')
     parser.add_argument('--eps', help='comma-separated pixel eps, e.g. 2/255,4/255,8/255 '
                         '(default: ATTACK.strength)')
     parser.add_argument('--samples', type=int, help='the first N test images (default: all)')
