@@ -112,15 +112,18 @@ class ImageModel(nn.Module):
 
 
 def torchattacks_attack(make, scores, x, labels, threat, eps):
-    """Run ``make(wrapper, eps_image)`` (a torchattacks attack) and return the model input.
-    torchattacks reseeds torch's global RNG: it runs inside ``fork_rng``."""
+    """Run ``make(wrapper, eps_image, seed)`` (a torchattacks attack) and return the model input.
+    torchattacks reseeds torch's global RNG: it runs inside ``fork_rng``. The seed is drawn from
+    the (seeded) global RNG, so that rows through different paths start from different random
+    points (a fixed seed gave every APGD row of a suite the same starts) and runs repeat."""
     if float(eps) == 0 or len(x) == 0:
         return x.detach()
     wrapper = ImageModel(scores, threat, eps, x)
     z = wrapper.encode(x.detach())
+    seed = int(torch.randint(0, 2 ** 31 - 1, ()))
     cuda = x.device.type == 'cuda'
     with torch.random.fork_rng(devices=[x.device] if cuda else [], device_type='cuda'):
-        z_adv = make(wrapper, wrapper.eps)(z, labels)
+        z_adv = make(wrapper, wrapper.eps, seed)(z, labels)
     delta = threat.image_delta_to_model((z_adv.to(x.dtype) - z) * wrapper.scale)
     return threat.apply(x, threat.project(x, delta, eps))
 
@@ -128,17 +131,17 @@ def torchattacks_attack(make, scores, x, labels, threat, eps):
 def _apgd(loss):
     def make(steps, restarts=1):
         import torchattacks
-        return lambda wrapper, eps: torchattacks.APGD(wrapper, norm='Linf', eps=eps, steps=steps,
-                                                      n_restarts=restarts, loss=loss, seed=0)
+        return lambda wrapper, eps, seed: torchattacks.APGD(
+            wrapper, norm='Linf', eps=eps, steps=steps, n_restarts=restarts, loss=loss, seed=seed)
     return make
 
 
 def _apgdt(steps, restarts=1, targets=3):
     import torchattacks
 
-    def make(wrapper, eps):
+    def make(wrapper, eps, seed):
         attack = torchattacks.APGDT(wrapper, norm='Linf', eps=eps, steps=steps,
-                                    n_restarts=restarts, seed=0, n_classes=wrapper.n_class)
+                                    n_restarts=restarts, seed=seed, n_classes=wrapper.n_class)
         attack.n_target_classes = min(targets, wrapper.n_class - 1)  # AutoAttack's cheap version
         return attack
     return make
@@ -146,9 +149,9 @@ def _apgdt(steps, restarts=1, targets=3):
 
 def _square(queries, restarts=1):
     import torchattacks
-    return lambda wrapper, eps: torchattacks.Square(wrapper, norm='Linf', eps=eps,
-                                                    n_queries=queries, n_restarts=restarts,
-                                                    loss='margin', seed=0)
+    return lambda wrapper, eps, seed: torchattacks.Square(wrapper, norm='Linf', eps=eps,
+                                                          n_queries=queries, n_restarts=restarts,
+                                                          loss='margin', seed=seed)
 
 
 # --- the registry -------------------------------------------------------------------------------
