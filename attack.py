@@ -19,7 +19,6 @@ from typing import Callable
 
 import torch
 
-from robustness.adaptive_attacks import registry_attack  # issue 9: random starts, BPTT gradients, torchattacks
 from layers import attack_loss
 
 
@@ -107,12 +106,6 @@ def fgsm_random_start(model, x, labels, eps, bounds=None, step_scale=1.25):
     return _clamp(torch.min(torch.max(x_adv, x - eps), x + eps), bounds)
 
 
-def gaussian_noise(model, x, labels, eps, bounds=None):
-    """Gaussian noise ``x + eps * N(0, 1)``, then clamp (``model``/``labels`` unused: same
-    signature as the attacks)."""
-    return _clamp(x.detach() + eps * torch.randn_like(x), bounds)
-
-
 def random_sign_noise(model, x, labels, eps, bounds=None):
     """Random +-eps noise, a sanity baseline the size of an L-inf attack (not in the paper)."""
     return _clamp(x.detach() + eps * torch.randn_like(x).sign(), bounds)
@@ -153,16 +146,7 @@ ATTACKS = {attack.name: attack for attack in (
            ft_method='pgd'),
     Attack('bim', projected_steps, ('test',), dict(steps=7, step_divisor=7), title='BIM'),
     Attack('fgsm-rs', fgsm_random_start, ('train',), title='FGSM-RS', ft_method='fgm_rs'),
-    Attack('gaussian', gaussian_noise, title='Gaussian noise'),
     Attack('noise', random_sign_noise, ('baseline',), title='sign noise'),
-    # Adaptive attacks (adaptive.py; evaluate.py runs them under threat models and gradient paths)
-    Attack('pgd-ce-bptt', registry_attack, params=dict(attack='pgd', loss='ce'), title='PGD-CE (BPTT)'),
-    Attack('pgd-cw-bptt', registry_attack, params=dict(attack='pgd', loss='cw'), title='PGD-CW (BPTT)'),
-    Attack('apgd-ce', registry_attack, params=dict(attack='apgd-ce', loss='ce', steps=25), title='APGD-CE'),
-    Attack('apgd-dlr', registry_attack, params=dict(attack='apgd-dlr', loss='dlr', steps=25), title='APGD-DLR'),
-    Attack('apgd-t', registry_attack, params=dict(attack='apgd-t', loss='dlr', steps=25), title='APGD-T'),
-    Attack('square', registry_attack, params=dict(attack='square', loss='margin', steps=5000,
-                                                  gradient='none'), title='Square (5000 queries)'),
 )}
 
 

@@ -1,22 +1,26 @@
-"""Adaptive robustness evaluation of one checkpoint (robustness/adaptive.py does the work):
+"""Adaptive robustness evaluation of one checkpoint (robustness/evaluation.py does the work):
 
     python evaluate.py --ckpt best.pth -d 3 --suite quick --samples 1000 --out runs/eval
     python evaluate.py --ckpt best.pth -d 3 --suite full --eps 2/255,4/255,8/255 --threat per-step,static
     torchrun --standalone --nproc_per_node=2 evaluate.py --ckpt best.pth -d 3 --partner lif.pth
 
-Writes robustness.json, per_sample.npz, report.md and robust_accuracy.png into --out. Suites:
-``published`` (the published FGSM/R-FGSM/PGD/BIM only), ``quick`` (PGD-CE/CW through the published
-backward and two exact-BPTT surrogates, APGD-CE/DLR through the strongest), ``full`` (a sweep
-over surrogate shapes and sharpness, APGD-CE/DLR/T, PGD-7 vs PGD-100, Square with 5000 queries).
-Every suite adds a sanity run at eps = 64/255 and the checks of report.md.
+Writes robustness.json, per_sample.npz, report.md and robust_accuracy.png into --out. Suites
+(robustness/plan.py): ``published`` (the published FGSM/R-FGSM/PGD/BIM only); ``quick`` (a PGD-CE
+sweep through the published backward and two exact-BPTT surrogates, each sharpened while it
+helps, on 100 images; APGD-CE/DLR through the strongest path and an ensemble of the three
+strongest); ``full`` (the sweep over six surrogate shapes on 200 images, APGD-CE/DLR with 100
+iterations through the three strongest paths and their ensemble, APGD-T, CW, PGD-7 vs PGD-100,
+transfer, Square with 5000 queries). The expensive attacks run only on the images no earlier
+attack broke (AutoAttack's cascade) unless --standalone. Every suite adds a sanity run at
+eps = 64/255 and the checks of report.md.
 """
 import argparse
 import copy
 import os
 import sys
 
-from robustness import adaptive
-from robustness import adaptive_attacks
+from robustness import evaluation, plan
+from robustness.threats import THREATS, parse_eps
 from runtime.checkpoint import load_checkpoint
 from config import RANDOM_NDS, ConfigError, apply_overrides, load_config, resolve, sample_count
 from errors import without_warning
@@ -33,9 +37,10 @@ def get_args_parser():
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--ckpt', required=True, help='the checkpoint to evaluate')
     add_config_arguments(parser)
-    parser.add_argument('--suite', choices=adaptive.SUITES, default='quick',
-                        help='published: the published attacks only; quick (default): ~10 min per '
-                        '1000 Fashion-MNIST images on 2 CPU cores; full: ~5x that, with Square')
+    parser.add_argument('--suite', choices=plan.SUITES, default='quick',
+                        help='published: the published attacks only; quick (default): the cheap '
+                        'cascade (budget: 3 min per eps for 1000 Fashion-MNIST images on 2 idle '
+                        'CPU cores); full: every surrogate family, more paths, Square (budget: 10 min)')
     parser.add_argument('--eps', help='comma-separated pixel eps, e.g. 2/255,4/255,8/255 '
                         '(default: ATTACK.strength)')
     parser.add_argument('--samples', help='the first N test images, an integer (default: all)')
@@ -45,6 +50,10 @@ def get_args_parser():
                         help='clamp to the valid pixel range (default: ATTACK.clamp)')
     parser.add_argument('--no-sanity-eps', action='store_true',
                         help='skip the extra run at eps=64/255 (its masking check is then not run)')
+    parser.add_argument('--standalone', action='store_true',
+                        help="run every attack on every image and report each one's own accuracy "
+                        "(default: the cascade -- the ranking sweep on a subset, the expensive "
+                        "attacks only on images no earlier attack broke)")
     parser.add_argument('--partner', help='checkpoint of the partner model, for transfer attacks')
     parser.add_argument('--partner-config', help="the partner's YAML (default: the config stored "
                         "in its checkpoint, else this config with the other neuron model)")
@@ -94,8 +103,8 @@ def prepare(args):
     cfg, warnings, _, notes = config_for_checkpoint(args, config_from_args)
     warnings = without_warning(warnings, RANDOM_NDS)  # the NDS is in the weights
     try:
-        eps_list = ([adaptive_attacks.parse_eps(e) for e in args.eps.split(',') if e.strip()]
-                    if args.eps else [adaptive_attacks.parse_eps(e, f"ATTACK.strength[{i}]")
+        eps_list = ([parse_eps(e) for e in args.eps.split(',') if e.strip()]
+                    if args.eps else [parse_eps(e, f"ATTACK.strength[{i}]")
                                       for i, e in enumerate(cfg['ATTACK']['strength'])])
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
@@ -103,7 +112,7 @@ def prepare(args):
         raise ConfigError("no eps to evaluate: pass --eps 8/255 or set ATTACK.strength")
     threats = [t.strip() for t in args.threat.split(',') if t.strip()]
     for threat in threats:
-        if threat not in adaptive_attacks.THREATS:
+        if threat not in THREATS:
             raise ConfigError(f"--threat {threat!r}: choose per-step, static or both "
                               f"('per-step,static')")
     if args.suite == 'published' and threats != ['per-step']:
@@ -130,10 +139,11 @@ def execute(args, prepared, ctx):
     seed_everything(cfg['DEFAULT']['seed'])
     model = build_model(cfg, args.ckpt, ctx.device).eval()
     partner = build_model(partner_cfg, args.partner, ctx.device).eval() if partner_cfg else None
-    adaptive.evaluate_checkpoint(
+    evaluation.evaluate_checkpoint(
         cfg, model, args.ckpt, ctx, suite=args.suite, eps_list=eps_list, threats=threats,
         clamps=clamps, out_dir=out_dir, partner=partner, partner_path=args.partner,
-        batch_size=args.batch_size, sanity_eps=not args.no_sanity_eps, log=log)
+        batch_size=args.batch_size, sanity_eps=not args.no_sanity_eps, log=log,
+        standalone=args.standalone)
 
 
 def main(argv=None):

@@ -7,7 +7,7 @@
        ATTACK.strength, plus two sanity rows: PGD transferred from the partner model (the other
        neuron, same training) and random +-eps sign noise              -> <out>/results.json
        With --suite quick|full, the table adds each model's per-image worst case under
-       robustness/adaptive.py's suite (reports in <out>/<model>/robustness-<suite>/).
+       robustness/evaluation.py's suite (reports in <out>/<model>/robustness-<suite>/).
 
     torchrun --standalone --nproc_per_node=2 protocol.py -d 3 --out runs/fashionmnist \\
         --lif-epochs 10 --hosnn-epochs 80 --ft-epochs 5
@@ -24,8 +24,8 @@ import os
 import sys
 import time
 
-from robustness import adaptive
-from robustness import adaptive_attacks
+from robustness import evaluation, plan
+from robustness.threats import parse_eps
 from attack import Normalization, attack_bounds, attacks_for, training_attack
 from config import RANDOM_NDS, ConfigError, attack_strengths
 from errors import without_warning
@@ -56,7 +56,7 @@ def get_args_parser():
     parser.add_argument('--seed', type=int)
     parser.add_argument('--device', choices=('cpu', 'cuda'))
     parser.add_argument('--workers', type=int)
-    parser.add_argument('--suite', choices=adaptive.SUITES, default='published',
+    parser.add_argument('--suite', choices=plan.SUITES, default='published',
                         help="the final table's attacks: the published ones only, or also the "
                         "worst case of evaluate.py's quick/full adaptive suite")
     return parser
@@ -180,10 +180,10 @@ def run_protocol(args, base, warnings, ctx):
     rows, warnings = robustness_table(models, stages, test_loader, attack_strengths(base), ctx,
                                       summary_outputs, ft)
     if args.suite != 'published':
-        rows += adaptive.protocol_rows(
+        rows += evaluation.protocol_rows(
             models, PARTNER, stages, {n: os.path.join(out_dir, n, 'best.pth') for n in MODELS},
             {n: os.path.join(out_dir, n, f"robustness-{args.suite}") for n in MODELS}, args.suite,
-            [adaptive_attacks.parse_eps(e) for e in base['ATTACK']['strength']], ctx, summary_outputs.log)
+            [parse_eps(e) for e in base['ATTACK']['strength']], ctx, summary_outputs.log)
     table = format_markdown_table(rows, ft)
     summary_outputs.results['stages']['adversarial_test'] = {'wall_time_s': time.perf_counter() - start}
     summary_outputs.results.update(robustness=rows, table_markdown=table, nds_file=nds_path,

@@ -130,16 +130,3 @@ class BpttPath:
         return BpttSpikeFunction.apply(dynamics, current, tau_m, tau_s, threshold, record_nds,
                                        SURROGATES[self.surrogate].derivative, self.sharpness,
                                        *state)
-
-
-# robustness/ and older callers import the registry's functions and the surrogates from here;
-# they live in layers/gradients.py and layers/surrogate.py. Resolved on first use (PEP 562)
-# because gradients.py imports this module.
-_MOVED = {'PUBLISHED', 'parse_gradient_path', 'gradient_path_name', 'use_gradient_path'}
-
-
-def __getattr__(name):
-    if name in _MOVED:
-        from . import gradients
-        return getattr(gradients, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -21,7 +21,7 @@ worked. Images where no linear read-out separates the planted point from the inn
 (the features of a spiking network are spike counts, so distinct inputs can give identical
 features) are counted as *not applicable*, never as passes.
 
-Features. By default the model's class scores (:func:`robustness.adaptive_attacks.class_scores`:
+Features. By default the model's class scores (:func:`robustness.threats.class_scores`:
 any image->scores model works). The paper reads out the penultimate layer: pass
 ``features=layer_features(model.layers[-2])`` (any hooked module) for a wider feature vector.
 
@@ -39,7 +39,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from robustness.adaptive_attacks import class_scores, eps_text
+from robustness.threats import class_scores
+from runtime.formatting import eps_text
 
 ADEQUACY_MIN_SHARE = 0.95  # the attack must break at least this share of the applicable images
 ANCHOR_SEPARATION = 2.5    # anchors of one attack batch are further apart than this (ε units)
@@ -83,9 +84,9 @@ class BinarizedModel(nn.Module):
 
     It follows ``layers.Network``'s calling convention, ``forward(x, is_train=False) -> (out,
     extra)`` with ``out[B, 2, 1]`` (a time axis of one step), so :func:`class_scores`, our PGD and
-    torchattacks' wrapper (``adaptive_attacks.ImageModel``) run on it unchanged. What that needs
+    torchattacks' wrapper (``robustness.attacks.ImageModel``) run on it unchanged. What that needs
     of the wrapper: the network is a *submodule* (``self.model``), so
-    ``layers.bptt.use_gradient_path(binarized, path)`` reaches its spiking layers through
+    ``layers.gradients.use_gradient_path(binarized, path)`` reaches its spiking layers through
     ``modules()`` and every gradient path of the suite applies; ``settings`` is the network's
     ``settings`` with ``n_class = 2`` (``ImageModel`` reads ``n_class``; ``n_steps`` passes
     through); parameters of the network keep their ``requires_grad``, the read-out is buffers.

@@ -3,7 +3,7 @@ every entry point says them the same way."""
 from fractions import Fraction
 
 # Floats are read back to their nearest fraction with a denominator at most this: 8/255 computed
-# in floating point prints as 8/255 (as robustness.adaptive_attacks.parse_eps reads it).
+# in floating point prints as 8/255 (as robustness.threats.parse_eps reads it).
 EPS_DENOMINATOR = 100000
 
 

@@ -18,7 +18,8 @@ import torch
 from tqdm import tqdm
 
 from attack import attack_label
-from runtime.checkpoint import (CheckpointError, OutputWriteError, atomic_write, atomic_write_text,
+from errors import UserError
+from runtime.checkpoint import (OutputWriteError, atomic_write, atomic_write_text,
                                 output_error, remove_stale_temporaries, save_checkpoint)
 from config import dump_config
 from training.diagnostics import format_rate
@@ -72,14 +73,14 @@ class RunOutputs:
         atomic_write_text(os.path.join(self.out_dir, 'config.yaml'), dump_config(config))
 
     def _write(self, write):
-        """Run one of rank 0's writes. A failure (CheckpointError: OutputWriteError, a NaN checkpoint)
+        """Run one of rank 0's writes. A failure (a UserError: OutputWriteError, a NaN checkpoint)
         is raised at once in one process; under several it is kept for check_writes() and rank 0
         writes nothing more (the files already written stay as they are)."""
         if not self.active or self.failure is not None:
             return
         try:
             write()
-        except CheckpointError as exc:
+        except UserError as exc:
             if not self.ctx.distributed:
                 raise
             self.failure = str(exc)

@@ -16,7 +16,7 @@ from fractions import Fraction
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from robustness.adaptive import PUBLISHED_LABEL, figure_png, finish_accuracy_axes, row_label  # noqa: E402
+from robustness.report import PUBLISHED_LABEL, figure_png, finish_accuracy_axes, row_label  # noqa: E402
 from runtime.checkpoint import atomic_write, atomic_write_text  # noqa: E402
 
 PUBLISHED_PGD = 'published-pgd'

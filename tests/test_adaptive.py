@@ -1,4 +1,4 @@
-"""adaptive.py: threat models (per-step / static, clamped or not), the torchattacks wrapper, our
+"""robustness/: threat models (per-step / static, clamped or not), the torchattacks wrapper, our
 PGD, the per-sample bookkeeping, the worst case and the sanity checks, on a tiny float64
 network."""
 import json
@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from robustness import adaptive
-from robustness import adaptive_attacks
-from robustness.adaptive_attacks import ThreatModel
+from robustness import attacks, checks, evaluation, losses, paths, plan, report, suite, threats
+from robustness.threats import ThreatModel
 from runtime.distributed import DistContext
+from runtime.formatting import eps_text
 from layers import Network, predict, time_expand
 
 N_STEPS, N_CLASS = 5, 4
@@ -87,11 +87,11 @@ def test_image_wrapper_gives_the_model_scores(data, clamp):
     x = expand(images)
     eps = Fraction(8, 255)
     for threat in (threat_model('per-step', clamp), threat_model('static', clamp)):
-        wrapper = adaptive_attacks.ImageModel(model, threat, eps, x)
+        wrapper = attacks.ImageModel(lambda x_: threats.class_scores(model, x_), threat, eps, x)
         z = wrapper.encode(x)
         assert z.min() >= 0 and z.max() <= 1  # torchattacks' clamp to [0, 1] never binds
         with torch.no_grad():
-            torch.testing.assert_close(wrapper(z), adaptive_attacks.class_scores(model, x))
+            torch.testing.assert_close(wrapper(z), threats.class_scores(model, x))
         if not clamp:  # the whole ball around a valid image stays in [0, 1]
             assert ((z - wrapper.eps).min() >= -1e-12) and ((z + wrapper.eps).max() <= 1 + 1e-12)
 
@@ -110,19 +110,26 @@ def perturbation_checks(x, x_adv, threat, eps):
 
 
 ATTACKS = {
-    'pgd-ce': lambda m, x, y, t, e: adaptive_attacks.pgd(m, x, y, t, e, 'ce', steps=5, restarts=2),
-    'pgd-cw-bptt': lambda m, x, y, t, e: _with_path(m, 'bptt:sigmoid:5', adaptive_attacks.pgd, x, y, t, e,
+    'pgd-ce': lambda m, x, y, t, e: _with_path(m, 'published', attacks.pgd, x, y, t, e, 'ce',
+                                               steps=5, restarts=2),
+    'pgd-cw-bptt': lambda m, x, y, t, e: _with_path(m, 'bptt:sigmoid:5', attacks.pgd, x, y, t, e,
                                                     'cw', 5),
-    'apgd-dlr': lambda m, x, y, t, e: adaptive_attacks.torchattacks_attack(
-        adaptive_attacks._apgd('dlr')(5), m, x, y, t, e),
-    'apgd-t': lambda m, x, y, t, e: adaptive_attacks.torchattacks_attack(adaptive_attacks._apgdt(3), m, x, y, t, e),
-    'square': lambda m, x, y, t, e: adaptive_attacks.torchattacks_attack(adaptive_attacks._square(30), m, x, y, t, e),
+    'apgd-dlr': lambda m, x, y, t, e: _with_path(m, 'published', attacks.torchattacks_attack,
+                                                 attacks._apgd('dlr')(5), x, y, t, e),
+    'apgd-t': lambda m, x, y, t, e: _with_path(m, 'published', attacks.torchattacks_attack,
+                                               attacks._apgdt(3), x, y, t, e),
+    'square': lambda m, x, y, t, e: _with_path(m, 'published', attacks.torchattacks_attack,
+                                               attacks._square(30), x, y, t, e),
 }
 
 
-def _with_path(model, path, fn, *args):
-    with adaptive_attacks.use_gradient_path(model, path):
-        return fn(model, *args)
+def _with_path(model, path, fn, *args, **kwargs):
+    """``fn(scores, *args)`` with the class scores of ``model`` through gradient path ``path``;
+    for torchattacks_attack the scores come after its ``make`` argument."""
+    with paths.scores_through(model, path) as scores:
+        if fn is attacks.torchattacks_attack:
+            return fn(args[0], scores, *args[1:], **kwargs)
+        return fn(scores, *args, **kwargs)
 
 
 @pytest.mark.parametrize('name', list(ATTACKS))
@@ -148,7 +155,8 @@ def test_pgd_with_a_large_eps_fools_and_its_fooled_images_are_wrong(data):
     model, _, images, labels = data
     x = expand(images)
     threat = threat_model('per-step')
-    x_adv = adaptive_attacks.pgd(model, x, labels, threat, Fraction(128, 255), 'cw', steps=20, restarts=2)
+    x_adv = _with_path(model, 'published', attacks.pgd, x, labels, threat, Fraction(128, 255), 'cw',
+                       steps=20, restarts=2)
     with torch.no_grad():
         clean_wrong = predict(model(x, False)[0]) != labels
         adv_wrong = predict(model(x_adv, False)[0]) != labels
@@ -158,9 +166,9 @@ def test_pgd_with_a_large_eps_fools_and_its_fooled_images_are_wrong(data):
 def test_margin_and_dlr_losses_are_positive_exactly_when_fooled():
     scores = torch.tensor([[3.0, 1.0, 0.5, 0.0], [1.0, 2.0, 0.0, -1.0]])
     labels = torch.tensor([0, 0])
-    margin = adaptive_attacks.margin_loss(scores, labels)
+    margin = losses.margin_loss(scores, labels)
     assert margin.tolist() == [-2.0, 1.0]
-    dlr = adaptive_attacks.dlr_loss(scores, labels)
+    dlr = losses.dlr_loss(scores, labels)
     assert dlr[0] < 0 < dlr[1]
     assert dlr[1] == pytest.approx(1.0 / (2.0 - 0.0))
 
@@ -168,10 +176,10 @@ def test_margin_and_dlr_losses_are_positive_exactly_when_fooled():
 def run_small(data, monkeypatch=None, suite='quick', threats=('per-step',), clamps=(False,),
               eps_list=(Fraction(8, 255),), sanity_eps=False):
     model, network_cfg, images, labels = data
-    return adaptive.run_evaluation(
+    return evaluation.run_evaluation(
         model, images, labels, torch.arange(len(labels)), DistContext(), suite=suite,
         eps_list=list(eps_list), threats=list(threats), clamps=list(clamps), mean=MEAN, std=STD,
-        batch_size=5, published_attack=adaptive.published_attack_fn(network_cfg),
+        batch_size=5, published_attack=evaluation.published_attack_fn(network_cfg),
         sanity_eps=sanity_eps, log=lambda message: None)
 
 
@@ -179,13 +187,13 @@ def test_fooled_means_wrong_on_the_adversarial_example(data, monkeypatch):
     """Every per-sample flag is the verified prediction on what the attack returned."""
     model = data[0]
     seen = []
-    original = adaptive.run_attack
+    original = suite.run_attack
 
-    def recording(spec, gradient, model_, partner, x, labels, threat, eps, published_attack):
-        x_adv = original(spec, gradient, model_, partner, x, labels, threat, eps, published_attack)
+    def recording(spec, target, x, labels):
+        x_adv = original(spec, target, x, labels)
         seen.append((labels, x_adv))
         return x_adv
-    monkeypatch.setattr(adaptive, 'run_attack', recording)
+    monkeypatch.setattr(suite, 'run_attack', recording)
     result, table = run_small(data, suite='published')
     assert seen
     fooled = table['fooled']
@@ -201,22 +209,22 @@ def test_fooled_means_wrong_on_the_adversarial_example(data, monkeypatch):
     assert (fooled[:, ~table['clean_correct']] == 1).all()  # misclassified clean = fooled
 
 
-SUITE_PLAN = adaptive.suite_plan
+SUITE_PLAN = plan.suite_plan
 
 
-def small_plan(suite, threat, eps, partner=False, sanity=False, largest=False):
+def small_plan(suite_name, threat, eps, model, **kwargs):
     """Every kind of entry of a real plan, with few steps: published, a path sweep, the
     strongest path, a survivors-only black box."""
-    Spec = adaptive_attacks.AttackSpec
-    plan = SUITE_PLAN('published', threat, eps)[2:3]  # the published PGD (per-step)
-    plan += [Spec('pgd', 'published', 'ce', 3), Spec('pgd', 'bptt:sigmoid:5', 'cw', 3),
-             Spec('apgd-ce', 'best:1', 'ce', 3), Spec('apgd-dlr', 'best:3', 'dlr', 3),
-             Spec('square', 'none', 'margin', 20, survivors=True)]
-    return plan
+    Spec = plan.AttackSpec
+    published = SUITE_PLAN('published', threat, eps, model).published[2:3]  # the published PGD
+    sweep = plan.Sweep(('published', 'bptt:sigmoid:5'), steps=3)
+    attacks = (Spec('apgd-ce', 'best:1', 'ce', 3), Spec('apgd-dlr', 'best:3', 'dlr', 3),
+               Spec('square', 'none', 'margin', 20, survivors=True))
+    return plan.Plan(published, sweep, attacks)
 
 
 def test_worst_case_is_below_every_row_and_matches_the_per_sample_table(data, monkeypatch):
-    monkeypatch.setattr(adaptive, 'suite_plan', small_plan)
+    monkeypatch.setattr(suite, 'suite_plan', small_plan)
     result, table = run_small(data, suite='quick', threats=('per-step', 'static'),
                               eps_list=(Fraction(8, 255), Fraction(32, 255)))
     # 'best:3' of two ranked paths is skipped; 'best:1' is one of the two
@@ -234,11 +242,11 @@ def test_worst_case_is_below_every_row_and_matches_the_per_sample_table(data, mo
         assert sum(entry['broken_first'].values()) == round((1 - entry['accuracy']) * entry['n_samples'])
         assert entry['broken_first']['clean'] == 3
     static_rows = [r for r in result['rows'] if r['threat'] == 'static']
-    assert static_rows and not any(r['label'] == adaptive.PUBLISHED_LABEL for r in static_rows)
+    assert static_rows and not any(r['label'] == report.PUBLISHED_LABEL for r in static_rows)
     published = [r for r in result['rows'] if r['attack'].startswith('published-')]
-    assert published and all(r['label'] == adaptive.PUBLISHED_LABEL and r['gradient'] == 'published'
+    assert published and all(r['label'] == report.PUBLISHED_LABEL and r['gradient'] == 'published'
                              for r in published)
-    arrays = adaptive.per_sample_arrays(result['rows'], table, result['worst_case'])
+    arrays = report.per_sample_arrays(result['rows'], table, result['worst_case'])
     for i, group in enumerate(arrays['worst_case_groups']):
         entry = result['worst_case'][i]
         assert json.loads(group) == {k: entry[k] for k in ('eps', 'threat', 'clamp')}
@@ -262,7 +270,7 @@ def test_gather_restores_the_sample_order():
         return [local] + [{'indices': r.indices.numpy(), 'labels': r.labels.numpy(),
                            'clean_correct': r.clean_correct.numpy(),
                            'fooled': torch.stack(r.fooled).numpy()} for r in ranks[1:]]
-    table = adaptive.gather(ranks[0], all_gather)
+    table = checks.gather(ranks[0], all_gather)
     assert gathered[0]['indices'].tolist() == [0, 2, 4]
     assert table['sample_index'].tolist() == [0, 1, 2, 3, 4]
     assert table['labels'].tolist() == [0, 1, 2, 0, 1]
@@ -279,38 +287,177 @@ def test_sanity_checks_flag_masking_and_a_weak_long_attack():
     ]
     worst = [{'eps': '64/255', 'threat': 'per-step', 'clamp': False, 'accuracy': 0.2,
               'n_samples': 100, 'broken_first': {}}]
-    checks = adaptive.sanity_checks(rows, worst, {('per-step', False, 'published'): (30, 100)})
-    masking = next(c for c in checks if c['check'].startswith('worst case'))
+    verdicts = checks.sanity_checks(rows, worst, {('per-step', False, 'published'): (30, 100)})
+    masking = next(c for c in verdicts if c['check'].startswith('worst case'))
     assert masking['passed'] is False and 'gradient masking suspected' in masking['detail']
-    assert next(c for c in checks if c['check'].startswith('PGD-100'))['passed'] is False
-    assert next(c for c in checks if c['check'].startswith('black-box'))['passed'] is None
-    assert next(c for c in checks if 'zero input gradients' in c['check'])['passed'] is False
-    assert all(set(c) == {'check', 'passed', 'detail'} for c in checks)
+    assert next(c for c in verdicts if c['check'].startswith('PGD-100'))['passed'] is False
+    assert next(c for c in verdicts if c['check'].startswith('black-box'))['passed'] is None
+    assert next(c for c in verdicts if 'zero input gradients' in c['check'])['passed'] is False
+    assert all(set(c) == {'check', 'passed', 'detail'} for c in verdicts)
 
 
 def test_eps_parsing_is_exact_and_never_evaluates():
-    assert adaptive_attacks.parse_eps('8/255') == Fraction(8, 255)
-    assert adaptive_attacks.eps_text(adaptive_attacks.parse_eps(' 0.5 ')) == '1/2'
-    assert adaptive_attacks.eps_text(adaptive_attacks.parse_eps(8 / 255)) == '8/255'
+    assert threats.parse_eps('8/255') == Fraction(8, 255)
+    assert eps_text(threats.parse_eps(' 0.5 ')) == '1/2'
+    assert eps_text(threats.parse_eps(8 / 255)) == '8/255'
     for bad in ('__import__("os")', '1/0', '-1/255', 'eight'):
         with pytest.raises(ValueError):
-            adaptive_attacks.parse_eps(bad)
+            threats.parse_eps(bad)
 
 
-@pytest.mark.parametrize('name', ['pgd-ce-bptt', 'pgd-cw-bptt', 'apgd-ce', 'apgd-dlr', 'apgd-t'])
+@pytest.mark.parametrize('name', ['pgd', 'apgd-ce', 'apgd-dlr', 'apgd-t', 'published-pgd'])
 @pytest.mark.parametrize('clamped', [False, True])
-def test_registry_entries_respect_eps_and_bounds(data, name, clamped):
-    """attack.ATTACKS' adaptive entries: eps in model units, bounds (low, high) or None."""
-    from attack import ATTACKS
-    model, _, images, labels = data
-    x = expand(images[:, :1].repeat(1, 2, 1, 1))
-    eps, bounds = 0.3, (((0 - MEAN[0]) / STD[0], (1 - MEAN[0]) / STD[0]) if clamped else None)
-    x_adv = ATTACKS[name](model, x, labels, eps, bounds)
+def test_registry_entries_respect_eps_and_bounds_and_never_unfool(data, name, clamped):
+    """robustness.attacks.ATTACKS, as a suite row calls them: the perturbation stays in the
+    threat model, and no attack turns a misclassified image into a correct one (APGD keeps
+    the clean input of an image it does not fool, our PGD its last iterate in the ball)."""
+    model, network_cfg, images, labels = data
+    x = expand(images)
+    threat = threat_model('per-step', clamped)
+    eps = Fraction(32, 255)
+    spec = plan.AttackSpec(name, 'bptt:sigmoid:5' if not name.startswith('published') else
+                           'published', 'ce' if name != 'apgd-dlr' else 'dlr', 3)
+    target = attacks.Target(model, threat, eps, spec.gradient,
+                            evaluation.published_attack_fn(network_cfg))
+    x_adv = attacks.run_attack(spec, target, x, labels)
     assert x_adv.shape == x.shape
-    assert ((x_adv - x).abs() <= eps * (1 + 1e-9)).all()
-    if clamped:
-        assert x_adv.min() >= bounds[0] - 1e-9 and x_adv.max() <= bounds[1] + 1e-9
+    if not name.startswith('published'):  # the published ones use the scalar YAML std
+        perturbation_checks(x, x_adv, threat, eps)
     with torch.no_grad():
         clean = predict(model(x, False)[0]) == labels
         adv = predict(model(x_adv, False)[0]) == labels
-    assert (adv <= clean).all() or name.startswith('apgd')  # ours never un-fools an image
+    assert (adv <= clean).all()
+
+
+def test_unknown_attack_is_named():
+    with pytest.raises(ValueError, match="unknown attack 'nope'"):
+        attacks.run_attack(plan.AttackSpec('nope', 'published', 'ce', 1), None, None, None)
+
+
+def test_ranking_is_resolved_once_from_the_sweep_and_no_row_repeats(data, monkeypatch):
+    """best:1 / best:2 name the sweep's two strongest paths, whatever later rows (CW) score;
+    each rank gets its own attacks; a rank or an attack that would repeat a row is skipped."""
+    Spec = plan.AttackSpec
+    sweep_paths = ('published', 'bptt:sigmoid:5', 'bptt:fast-sigmoid:2.5')
+
+    def ranked_plan(suite_name, threat, eps, model, **kwargs):
+        return plan.Plan((), plan.Sweep(sweep_paths, steps=3),
+                         (Spec('pgd', 'best:1', 'cw', 3, survivors=True),
+                          Spec('pgd', 'best:2', 'cw', 3, survivors=True),
+                          Spec('apgd-ce', 'best:1', 'ce', 3), Spec('apgd-ce', 'best:2', 'ce', 3),
+                          Spec('apgd-ce', 'best:1', 'ce', 3),  # the same attack again
+                          Spec('apgd-ce', 'best:4', 'ce', 3),  # beyond the three paths
+                          Spec('apgd-ce', 'ensemble:best:2', 'ce', 3)))
+    monkeypatch.setattr(suite, 'suite_plan', ranked_plan)
+    result, _ = run_small(data, eps_list=(Fraction(16, 255),))
+    rows = result['rows']
+    swept = {r['gradient']: r['accuracy'] for r in rows[:3]}
+    assert list(swept) == list(sweep_paths) and all(r['scope'] == 'all' for r in rows[:3])
+    ranked = sorted(swept, key=swept.get)
+    apgd = [r['gradient'] for r in rows if r['attack'] == 'apgd-ce']
+    assert apgd == [ranked[0], ranked[1], f"ensemble:{ranked[0]}+{ranked[1]}"]
+    cw = [r['gradient'] for r in rows if r['loss'] == 'cw']
+    assert cw == ranked[:2]
+    keys = [(r['attack'], r['gradient'], r['loss'], r['steps'], r['restarts']) for r in rows]
+    assert len(keys) == len(set(keys))
+
+
+def test_resolve_gradient_and_sharpening_rules():
+    ranked = ['bptt:fast-sigmoid:10', 'published']
+    assert plan.resolve_gradient('best:2', ranked) == 'published'
+    assert plan.resolve_gradient('best:3', ranked) is None
+    assert plan.resolve_gradient('ensemble:best:4', ranked) == 'ensemble:bptt:fast-sigmoid:10+published'
+    assert plan.resolve_gradient('ensemble:best:2', ranked[:1]) is None  # one member = best:1
+    assert plan.resolve_gradient('none', ranked) == 'none'
+    assert plan.resolve_gradient('sharper:2:best:1', ranked) == 'bptt:fast-sigmoid:20'
+    assert plan.resolve_gradient('sharper:2:best:2', ranked) is None  # the published backward
+    # double k until two doublings in a row were weaker than the family's best
+    fs = {k: f'bptt:fast-sigmoid:{k}' for k in ('2.5', '5', '10')}
+    assert plan.next_sharpness(fs['5'], {fs['2.5']: 0.6, fs['5']: 0.5}) == fs['10']
+    assert plan.next_sharpness(fs['5'], {fs['2.5']: 0.4, fs['5']: 0.5}) == fs['10']
+    assert plan.next_sharpness(fs['10'], {fs['2.5']: 0.4, fs['5']: 0.5, fs['10']: 0.45}) is None
+    assert plan.next_sharpness(fs['10'], {fs['2.5']: 0.4, fs['5']: 0.5, fs['10']: 0.4}) == \
+        'bptt:fast-sigmoid:20'
+    assert plan.sharpest_per_family(['published', 'bptt:arctan:1.25', 'bptt:arctan:5',
+                                     'bptt:arctan:2.5']) == ['bptt:arctan:5']
+
+
+def test_the_sweep_sharpens_each_family_while_it_helps(data, monkeypatch):
+    """Sharper paths are tried (k doubled) until two in a row were weaker than the family's best,
+    up to the cap."""
+    def sharpening_plan(suite_name, threat, eps, model, **kwargs):
+        return plan.Plan((), plan.Sweep(('bptt:fast-sigmoid:2.5',), steps=2, sharpen_to=8), ())
+    monkeypatch.setattr(suite, 'suite_plan', sharpening_plan)
+    result, _ = run_small(data, eps_list=(Fraction(16, 255),))
+    swept = [(r['gradient'], r['accuracy']) for r in result['rows']]
+    names = [name for name, _ in swept]
+    assert names[0] == 'bptt:fast-sigmoid:2.5' and names[1] == 'bptt:fast-sigmoid:5'
+    assert len(names) <= 4 and names == ['bptt:fast-sigmoid:' + k for k in ('2.5', '5', '10', '20')][:len(names)]
+    accuracy = [a for _, a in swept]
+    for i in range(3, len(swept)):  # no doubling after two in a row weaker than the best
+        assert not (accuracy[i - 1] > min(accuracy[:i]) and accuracy[i - 2] > min(accuracy[:i]))
+
+
+def test_full_plan_takes_the_published_attacks_from_attack_py(data):
+    from attack import ATTACKS as PUBLISHED
+    model = data[0]
+    full = plan.suite_plan('full', 'per-step', Fraction(8, 255), model, largest=True)
+    assert [s.attack for s in full.published] == ['published-' + n for n in ('fgsm', 'rfgsm', 'pgd', 'bim')]
+    assert [s.steps for s in full.published] == [PUBLISHED[n].params.get('steps', 1)
+                                                 for n in ('fgsm', 'rfgsm', 'pgd', 'bim')]
+    assert full.sweep.samples and full.sweep.sharpen_to >= 8
+    ranks = {s.gradient for s in full.attacks if s.attack == 'apgd-ce'}
+    assert {'best:1', 'best:2', 'best:3'} <= ranks and any(r.startswith('ensemble:') for r in ranks)
+    assert all(s.steps >= 100 for s in full.attacks if s.attack.startswith('apgd-') and s.attack != 'apgd-t')
+    assert all(s.survivors for s in full.attacks if s.attack.startswith('apgd'))
+    standalone = plan.suite_plan('full', 'per-step', Fraction(8, 255), model, standalone=True)
+    assert standalone.sweep.samples is None
+    assert not any(s.survivors for s in standalone.attacks if s.attack != 'square')
+
+
+def test_ensemble_gradient_is_the_mean_of_normalised_member_gradients(data):
+    model, _, images, labels = data
+    x = expand(images[:4])
+    members = ['bptt:sigmoid:5', 'bptt:fast-sigmoid:10']
+
+    def grad_through(path):
+        leaf = x.clone().requires_grad_(True)
+        with paths.scores_through(model, path) as scores:
+            out = scores(leaf)
+            (grad,) = torch.autograd.grad(losses.LOSSES['ce'](out, labels[:4]).sum(), leaf)
+        return out.detach(), grad
+    expected = 0
+    for member in members:
+        _, grad = grad_through(member)
+        expected = expected + grad / grad.flatten(1).abs().mean(1).view(-1, 1, 1, 1, 1)
+    out, grad = grad_through(paths.ensemble_name(members))
+    torch.testing.assert_close(grad, expected / len(members))
+    with torch.no_grad():
+        torch.testing.assert_close(out, threats.class_scores(model, x))  # the forward is the model's
+
+
+class PlainModel(torch.nn.Module):
+    """A model with no spiking layers, with the Network call convention."""
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.linear = torch.nn.Linear(2 * 8 * 8, N_CLASS).double()
+
+    def forward(self, x, is_train=False):
+        return self.linear(x.mean(-1).flatten(1))[..., None], None
+
+
+def test_a_model_without_spiking_layers_has_only_the_autograd_path(data):
+    model = PlainModel()
+    assert paths.gradient_paths_for(model, 'full') == ['autograd']
+    assert paths.gradient_paths_for(data[0], 'quick')[0] == 'published'
+    with pytest.raises(ValueError, match='no spiking layers'):
+        with paths.scores_through(model, 'bptt:sigmoid:5'):
+            pass
+    x = expand(data[2])
+    labels = model(x)[0].sum(-1).argmax(1)
+    with paths.scores_through(model, 'autograd') as scores:
+        x_adv = attacks.pgd(scores, x, labels, threat_model(), Fraction(64, 255), steps=5)
+    perturbation_checks(x, x_adv, threat_model(), Fraction(64, 255))
+    quick = plan.suite_plan('quick', 'per-step', Fraction(8, 255), model)
+    assert quick.sweep.paths == ('autograd',)

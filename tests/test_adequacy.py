@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from layers import Network, time_expand
-from layers.bptt import use_gradient_path
-from robustness import adaptive_attacks
-from robustness.adaptive_attacks import ThreatModel, class_scores
+from layers.gradients import use_gradient_path
+from robustness import attacks
+from robustness.threats import ThreatModel, class_scores
 from robustness.adequacy import (ADEQUACY_MIN_SHARE, BinarizedModel, binarization_test, binarize,
                                  layer_features)
 
@@ -62,12 +62,13 @@ def data():
 
 
 def pgd_attack(model, x, labels, threat, eps):
-    return adaptive_attacks.pgd(model, x, labels, threat, eps, 'ce', steps=20, restarts=2)
+    return attacks.pgd(lambda z: class_scores(model, z), x, labels, threat, eps, 'ce', steps=20,
+                       restarts=2)
 
 
 def apgd_attack(model, x, labels, threat, eps):
-    return adaptive_attacks.torchattacks_attack(adaptive_attacks._apgd('ce')(20), model, x, labels,
-                                                threat, eps)
+    return attacks.torchattacks_attack(attacks._apgd('ce')(20), lambda z: class_scores(model, z),
+                                       x, labels, threat, eps)
 
 
 @pytest.mark.parametrize('threat_name,clamp,attack', [('per-step', False, pgd_attack),

@@ -1,0 +1,107 @@
+"""Gradient paths: the backward an attack differentiates, and the class-score function that uses it.
+
+A path is a name. ``autograd``: plain autograd through the model's forward (a model with no
+spiking layers has only this one). ``published``: the spiking layers' published surrogate
+backward (for a spiking model this is what plain autograd does). ``bptt:<shape>:<k>``: the exact
+BPTT gradient of ``layers/bptt.py`` with surrogate ``shape`` at sharpness ``k``.
+``ensemble:<path>+<path>+...``: at every step, the mean of the members' input gradients, each
+normalised per sample (EOT over the backward: the forward is bit-identical under every path, so
+only the gradient is averaged; without the normalisation the sharpest surrogate, whose gradients
+are the largest, would decide alone).
+"""
+from contextlib import contextmanager
+
+import torch
+
+from layers.gradients import PUBLISHED, gradient_path_name, use_gradient_path
+
+from layers.surrogate import SURROGATES
+from robustness.threats import class_scores
+
+AUTOGRAD = 'autograd'
+ENSEMBLE = 'ensemble:'
+
+
+def is_spiking(model):
+    """Whether ``model`` has spiking layers whose backward a gradient path can replace."""
+    return any(hasattr(module, 'gradient_path') for module in model.modules())
+
+
+def gradient_paths_for(model, suite):
+    """The gradient paths a suite starts from for ``model`` (the published backward first); the
+    full suite's sweep sharpens the surrogate families further (``plan.Sweep``). A model with no
+    spiking layers has one path: plain autograd."""
+    if not is_spiking(model):
+        return [AUTOGRAD]
+    if suite == 'published':
+        return [PUBLISHED]
+    if suite == 'quick':
+        return [PUBLISHED, 'bptt:published:5', 'bptt:fast-sigmoid:2.5']
+    sweep = [PUBLISHED]
+    for shape, surrogate in SURROGATES.items():
+        for factor in (0.5, 1, 2):
+            sweep.append(sharpened(shape, surrogate.default_sharpness * factor))
+    return sweep
+
+
+def sharpened(shape, sharpness):
+    """The canonical name of ``bptt:<shape>:<sharpness>`` (``bptt:fast-sigmoid:10``)."""
+    return gradient_path_name(f"bptt:{shape}:{sharpness}")
+
+
+def ensemble_name(paths):
+    return ENSEMBLE + '+'.join(paths)
+
+
+def ensemble_members(path):
+    """``ensemble:a+b`` -> ``['a', 'b']``; a plain path -> ``[path]``."""
+    if not path.startswith(ENSEMBLE):
+        return [path]
+    members = [m for m in path[len(ENSEMBLE):].split('+') if m]
+    if not members or any(m.startswith(ENSEMBLE) for m in members):
+        raise ValueError(f"gradient path {path!r}: expected 'ensemble:<path>+<path>+...'")
+    return members
+
+
+def _layer_path(path):
+    """The spiking layers' hook for ``path`` (None: leave the published backward in place)."""
+    return None if path in (AUTOGRAD, PUBLISHED) else path
+
+
+class _EnsembleScores(torch.autograd.Function):
+    """Class scores whose backward is the mean of the members' normalised input gradients."""
+
+    @staticmethod
+    def forward(ctx, x, model, members):
+        ctx.save_for_backward(x)
+        ctx.model, ctx.members = model, members
+        with use_gradient_path(model, _layer_path(members[0])):
+            return class_scores(model, x)
+
+    @staticmethod
+    def backward(ctx, grad_scores):
+        (x,) = ctx.saved_tensors
+        total = torch.zeros_like(x)
+        for member in ctx.members:
+            with torch.enable_grad(), use_gradient_path(ctx.model, _layer_path(member)):
+                leaf = x.detach().requires_grad_(True)
+                (grad,) = torch.autograd.grad(class_scores(ctx.model, leaf), leaf, grad_scores)
+            # Per-sample L1 normalisation: every member gets the same say in the direction.
+            norm = grad.flatten(1).abs().mean(1).clamp_min(torch.finfo(grad.dtype).tiny)
+            total += grad / norm.view(-1, *([1] * (grad.dim() - 1)))
+        return total / len(ctx.members), None, None
+
+
+@contextmanager
+def scores_through(model, path):
+    """Within the block, ``scores(x)`` gives ``model``'s class scores with the input gradient of
+    gradient path ``path``. Raises ValueError naming a path ``model`` cannot take."""
+    members = ensemble_members(path)
+    if not is_spiking(model) and any(m != AUTOGRAD for m in members):
+        raise ValueError(f"gradient path {path!r}: the model has no spiking layers, "
+                         f"its only path is {AUTOGRAD!r}")
+    if len(members) > 1:
+        yield lambda x: _EnsembleScores.apply(x, model, tuple(members))
+        return
+    with use_gradient_path(model, _layer_path(members[0])):
+        yield lambda x: class_scores(model, x)

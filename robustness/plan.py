@@ -1,0 +1,188 @@
+"""The suites: which attacks run, in which order, on which images, through which gradient paths.
+
+A suite at one (ε, threat model) is a :class:`Plan`, run in three stages (AutoAttack's cascade):
+
+1. ``published``: the published attacks (``attack.py``'s registry, with its step counts) on
+   every image, standalone: their rows are the published numbers.
+2. ``sweep`` (:class:`Sweep`): a cheap PGD-CE through every gradient path of the suite, on a
+   subset of the images, standalone: it ranks the paths. Each surrogate family is sharpened
+   further (k doubled) while PGD keeps getting stronger, so the strongest path cannot lie just
+   beyond the sharpnesses the suite happens to list (an outside reviewer beat the old fixed
+   sweep, which stopped at fast-sigmoid k = 5, with k = 10 and 20).
+3. ``attacks``: the expensive attacks, through paths named by rank -- ``best:<n>`` (the n-th
+   strongest swept path), ``ensemble:best:<n>`` (the mean gradient of the n strongest,
+   ``paths.py``) or ``sharper:<m>:best:<n>`` (the n-th strongest at m times its sharpness: a
+   10-step PGD ranks sharp surrogates too low -- their gradient is sparse until the perturbation
+   grows -- while a 100-step APGD is often strongest through them) -- resolved ONCE from the sweep, so every rank gets its own attacks and no row
+   repeats another. By default they run only on the images no earlier attack broke (their row
+   is then the worst case after them); ``standalone`` runs each on every image instead, for a
+   per-attack table. ``none`` = black box; ``partner:<path>`` = transfer from the partner.
+"""
+import dataclasses
+
+from layers.gradients import PUBLISHED
+
+from layers.surrogate import SURROGATES
+from robustness.attacks import PUBLISHED_PREFIX, published_names, published_steps
+from robustness.paths import AUTOGRAD, ensemble_name, gradient_paths_for, is_spiking, sharpened
+
+SUITES = ('published', 'quick', 'full')
+PUBLISHED_LABEL = 'published attack'
+BEST = 'best:'
+ENSEMBLE_BEST = 'ensemble:best:'
+SHARPER = 'sharper:'  # 'sharper:<m>:best:<n>': the n-th strongest path at m x its sharpness
+
+
+@dataclasses.dataclass(frozen=True)
+class AttackSpec:
+    """One attack of a suite (its name in ``attacks.ATTACKS``). ``survivors``: run only on
+    images every earlier attack of the group failed on (its row is then the worst case after
+    it)."""
+    attack: str
+    gradient: str
+    loss: str
+    steps: int
+    restarts: int = 1
+    survivors: bool = False
+
+    @property
+    def published(self):
+        return self.attack.startswith(PUBLISHED_PREFIX)
+
+
+@dataclasses.dataclass(frozen=True)
+class Sweep:
+    """The ranking sweep: PGD-CE with ``steps`` steps through each of ``paths`` on the first
+    ``samples`` images (None: all). Then, per surrogate family of ``paths``, the sharpness is
+    doubled while the sweep's accuracy does not rise, up to ``sharpen_to`` x the family's
+    default sharpness (1: no sharpening)."""
+    paths: tuple
+    steps: int = 10
+    samples: int = None
+    sharpen_to: float = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    published: tuple = ()
+    sweep: Sweep = None
+    attacks: tuple = ()
+
+
+def row_label(row):
+    if row['attack'].startswith(PUBLISHED_PREFIX):
+        return f"{row['attack'][len(PUBLISHED_PREFIX):].upper()} ({PUBLISHED_LABEL})"
+    return f"{row['attack']} [{row['gradient']}, {row['loss']}, {row['steps']}x{row['restarts']}]"
+
+
+def published_plan():
+    """The published test (attack.py's registry, in its order): the published backward and loss."""
+    return tuple(AttackSpec(PUBLISHED_PREFIX + name, PUBLISHED, 'published', published_steps(name))
+                 for name in published_names())
+
+
+def suite_plan(suite, threat, eps, model, partner=None, sanity=False, largest=False,
+               standalone=False):
+    """The :class:`Plan` of ``suite`` at one ε and threat model for ``model`` (``partner``: the
+    transfer source or None). ``sanity``: the reduced plan of the 64/255 masking check;
+    ``largest``: this is the largest ε of the list (the long checks run there only)."""
+    if suite not in SUITES:
+        raise ValueError(f"suite {suite!r}: choose one of {', '.join(SUITES)}")
+    published = published_plan() if threat == 'per-step' else ()  # they perturb every time step
+    if suite == 'published':
+        return Plan(published)
+    cascade = not standalone
+    partner_path = None
+    if partner is not None:
+        partner_path = 'partner:' + ('bptt:published:5' if is_spiking(partner) else AUTOGRAD)
+    if suite == 'quick' or sanity:
+        sweep = Sweep(tuple(gradient_paths_for(model, 'quick')), steps=10,
+                      samples=None if standalone else 100, sharpen_to=8)
+        attacks = [AttackSpec('apgd-ce', 'best:1', 'ce', 50, survivors=cascade),
+                   AttackSpec('apgd-ce', 'sharper:4:best:1', 'ce', 50, survivors=cascade),
+                   AttackSpec('apgd-ce', 'ensemble:best:3', 'ce', 50, survivors=cascade),
+                   AttackSpec('apgd-dlr', 'best:1', 'dlr', 50, survivors=cascade),
+                   AttackSpec('pgd', 'best:2', 'cw', 20, survivors=cascade)]
+        if largest and not sanity:  # the PGD-7/PGD-100 check compares standalone accuracies
+            attacks += [AttackSpec('pgd', 'best:1', 'ce', 7), AttackSpec('pgd', 'best:1', 'ce', 100)]
+        if partner_path and not sanity:
+            attacks.append(AttackSpec('transfer-pgd', partner_path, 'ce', 20, survivors=cascade))
+        return Plan(published, sweep, tuple(attacks))
+    # full: every surrogate shape at three sharpnesses, each family sharpened further while it
+    # helps; then APGD (AutoAttack's CE and DLR, 100 iterations) through the three strongest paths
+    # and through their ensemble (APGD's adaptive step on the mean gradient of several
+    # surrogates: our equivalent of SA-PGD's stable adaptive step on an adaptive-sharpness
+    # surrogate), APGD-T, CW, the PGD-7/100 check, transfer, and Square at the largest ε.
+    sweep = Sweep(tuple(gradient_paths_for(model, 'full')), steps=10,
+                  samples=None if standalone else 200, sharpen_to=16)
+    attacks = []
+    ranks = ('best:1', 'best:2', 'best:3', 'sharper:2:best:1', 'sharper:4:best:1', 'ensemble:best:4')
+    for rank in ranks:
+        attacks.append(AttackSpec('apgd-ce', rank, 'ce', 100, 2, survivors=cascade))
+    for rank in ranks:
+        attacks.append(AttackSpec('apgd-dlr', rank, 'dlr', 100, survivors=cascade))
+    attacks += [AttackSpec('apgd-t', 'best:1', 'dlr-targeted', 50, survivors=cascade),
+                AttackSpec('pgd', 'best:1', 'cw', 20, 2, survivors=cascade),
+                AttackSpec('pgd', 'best:1', 'ce', 7), AttackSpec('pgd', 'best:1', 'ce', 100)]
+    if partner_path:
+        own = partner_path.split(':', 1)[1]
+        attacks += [AttackSpec('transfer-pgd', partner_path, 'ce', 20, survivors=cascade),
+                    AttackSpec('transfer-pgd', partner_path, 'cw', 20, survivors=cascade)]
+        if own != PUBLISHED and own != AUTOGRAD:
+            attacks.append(AttackSpec('transfer-pgd', 'partner:published', 'ce', 20,
+                                      survivors=cascade))
+    if largest:  # 5000 queries per surviving image: at the largest eps only (the masking check)
+        attacks.append(AttackSpec('square', 'none', 'margin', 5000, survivors=True))
+    return Plan(published, sweep, tuple(attacks))
+
+
+def resolve_gradient(gradient, ranked):
+    """A row's gradient with its rank resolved against ``ranked`` (the swept paths, strongest
+    first): ``best:<n>`` -> the n-th path, ``ensemble:best:<n>`` -> the ensemble of the n
+    strongest (fewer if fewer were swept), ``sharper:<m>:best:<n>`` -> the n-th path at m times
+    its sharpness. None when the rank does not exist, an ensemble would have one member (the row
+    would repeat another) or the n-th path has no sharpness (the published backward)."""
+    if gradient.startswith(SHARPER):
+        factor, rank = gradient[len(SHARPER):].split(':', 1)
+        path = resolve_gradient(rank, ranked)
+        parsed = family(path) if path else None
+        return sharpened(parsed[0], parsed[1] * float(factor)) if parsed else None
+    if gradient.startswith(ENSEMBLE_BEST):
+        members = ranked[:int(gradient[len(ENSEMBLE_BEST):])]
+        return ensemble_name(members) if len(members) > 1 else None
+    if gradient.startswith(BEST):
+        n = int(gradient[len(BEST):])
+        return ranked[n - 1] if n <= len(ranked) else None
+    return gradient
+
+
+def family(path):
+    """``bptt:<shape>:<k>`` -> ``(shape, k)``; None for any other path."""
+    parts = path.split(':')
+    if len(parts) == 3 and parts[0] == 'bptt' and parts[1] in SURROGATES:
+        return parts[1], float(parts[2])
+    return None
+
+
+def next_sharpness(path, accuracy):
+    """The next path of the adaptive-sharpness sweep after ``path`` (its family's sharpest so
+    far), or None. ``accuracy``: the sweep's accuracies so far, by path. Doubling stops once two
+    doublings in a row were weaker than the family's best: one weaker row may be the noise of a
+    short PGD on a few hundred images (a sharp surrogate that a 10-step PGD ranks low can still
+    be the strongest for a 100-step APGD: fast-sigmoid k = 10 and 20 were, on the zoo)."""
+    shape, k = family(path)
+    tried = {family(p)[1]: a for p, a in accuracy.items() if family(p) and family(p)[0] == shape}
+    best = min(tried.values())
+    if all(k2 in tried and tried[k2] > best for k2 in (k, k / 2)):
+        return None  # two sharper paths in a row made PGD weaker: stop
+    return sharpened(shape, 2 * k)
+
+
+def sharpest_per_family(paths):
+    """The sharpest swept path of each surrogate family, in sweep order."""
+    sharpest = {}
+    for path in paths:
+        parsed = family(path)
+        if parsed and (parsed[0] not in sharpest or parsed[1] > family(sharpest[parsed[0]])[1]):
+            sharpest[parsed[0]] = path
+    return list(sharpest.values())

@@ -1,0 +1,176 @@
+"""The per-sample runner: class :class:`Evaluation` runs a suite's rows on one process's shard and
+keeps, per row, which images were fooled.
+
+Verification. Whatever an attack returns is projected onto the threat model's ε-ball (a no-op
+for a correct attack) and classified again by the plain model under ``no_grad``: an image is
+*fooled* only if that prediction is wrong. Rows, the worst case and per_sample.npz all come from
+these verified predictions.
+"""
+import time
+
+import torch
+
+from layers import time_expand
+from robustness.attacks import Target, run_attack
+from robustness.losses import LOSSES
+from robustness.paths import scores_through
+from layers.surrogate import SURROGATES
+from robustness.plan import (BEST, ENSEMBLE_BEST, PUBLISHED_LABEL, SHARPER, AttackSpec, family,
+                             next_sharpness, resolve_gradient, row_label, sharpest_per_family,
+                             suite_plan)
+from robustness.threats import class_scores
+from runtime.formatting import eps_text
+
+
+class Evaluation:
+    """Runs suites on one process's shard of the sample set and keeps, per row, which of its
+    images were fooled (1), not fooled (0) or not attacked (-1)."""
+
+    def __init__(self, model, images, labels, indices, ctx, batch_size, published_attack,
+                 partner=None, log=print, all_reduce=None, standalone=False):
+        self.model, self.partner = model, partner
+        self.standalone = standalone  # every attack on every image (else: the cascade)
+        self.images, self.labels = images, labels  # on the model's device
+        self.indices = indices.cpu()  # per-sample bookkeeping stays on the CPU
+        self.ctx, self.batch_size = ctx, batch_size
+        self.published_attack = published_attack
+        self.log = log
+        self.all_reduce = all_reduce or (lambda values: torch.as_tensor(values, dtype=torch.float64))
+        self.n_steps = model.settings.n_steps
+        self.clean_correct = self._predictions_correct()
+        self.rows, self.fooled, self.checks, self.timings = [], [], [], {}
+
+    def _batches(self, index):
+        for start in range(0, len(index), self.batch_size):
+            yield index[start:start + self.batch_size]
+
+    def _predictions_correct(self):
+        correct = torch.zeros(len(self.labels), dtype=torch.bool)
+        with torch.no_grad():
+            for batch in self._batches(torch.arange(len(self.labels))):
+                x, y = self._take(batch)
+                correct[batch] = (class_scores(self.model, x).argmax(1) == y).cpu()
+        return correct
+
+    def _take(self, batch):
+        """The time-expanded inputs and labels of the CPU index ``batch``, on the device."""
+        on_device = batch.to(self.labels.device)
+        return time_expand(self.images[on_device], self.n_steps), self.labels[on_device]
+
+    def global_count(self, *values):
+        return [int(v) for v in self.all_reduce(list(values)).tolist()]
+
+    def run_group(self, suite, threat, eps_list, partner=False, largest_eps=None, sanity=False):
+        """Every attack of ``suite`` at every ε of ``eps_list`` under ``threat`` (plan.py's three
+        stages: published, the ranking sweep, the ranked attacks)."""
+        for eps in eps_list:
+            robust = self.clean_correct.clone()  # robust to every attack so far (this group)
+            plan = suite_plan(suite, threat.threat, eps, self.model,
+                              partner=self.partner if partner else None, sanity=sanity,
+                              largest=eps == largest_eps, standalone=self.standalone)
+            for spec in plan.published:
+                self._run_row(spec, spec.gradient, threat, eps, robust, sanity)
+            ranked = self._sweep(plan.sweep, threat, eps, robust, sanity) if plan.sweep else []
+            done = set()
+            for spec in plan.attacks:
+                gradient = resolve_gradient(spec.gradient, ranked)  # once per group: the sweep's
+                key = (spec.attack, gradient, spec.loss, spec.steps, spec.restarts)
+                if gradient is None or key in done:
+                    continue  # a rank beyond the swept paths, or the same attack again
+                done.add(key)
+                self._run_row(spec, gradient, threat, eps, robust, sanity)
+            self._log_worst(threat, eps, robust)
+
+    def _sweep(self, sweep, threat, eps, robust, sanity):
+        """Run the ranking sweep; return the swept paths, strongest (lowest accuracy) first."""
+        subset = None
+        if sweep.samples is not None:
+            subset = self.indices < sweep.samples  # the first N images of the whole sample set
+        accuracy = {}
+
+        def run(path):
+            spec = AttackSpec('pgd', path, 'ce', sweep.steps)
+            accuracy[path] = self._run_row(spec, path, threat, eps, robust, sanity, subset)['accuracy']
+
+        for path in sweep.paths:
+            run(path)
+        for path in sharpest_per_family(sweep.paths):
+            shape, _ = family(path)
+            cap = SURROGATES[shape].default_sharpness * sweep.sharpen_to * (1 + 1e-9)
+            while True:
+                sharper = next_sharpness(path, accuracy)
+                if sharper is None or family(sharper)[1] > cap or sharper in accuracy:
+                    break
+                run(sharper)
+                path = sharper
+        return sorted(accuracy, key=accuracy.get)  # stable: ties keep the sweep order
+
+    def _run_row(self, spec, gradient, threat, eps, robust, sanity, subset=None):
+        """One row: ``spec`` through ``gradient`` on the clean-correct images (``subset``: of
+        those only the marked ones; ``spec.survivors``: only those no earlier row broke)."""
+        start = time.perf_counter()
+        fooled = (~self.clean_correct).to(torch.int8)
+        targets = robust if spec.survivors else self.clean_correct
+        if subset is not None:
+            targets = targets & subset
+            fooled[~subset] = -1  # not attacked: outside the sweep's subset
+        index = targets.nonzero()[:, 0]
+        if spec.survivors:
+            fooled[~robust & self.clean_correct] = -1  # not attacked: already broken
+        partner_path = gradient[len('partner:'):] if gradient.startswith('partner:') else gradient
+        target = Target(self.model, threat, eps, partner_path, self.published_attack, self.partner)
+        for batch in self._batches(index):
+            x, y = self._take(batch)
+            x_adv = run_attack(spec, target, x, y)
+            with torch.no_grad():
+                wrong = (class_scores(self.model, x_adv.detach()).argmax(1) != y).cpu()
+            fooled[batch] = wrong.to(torch.int8)
+        before = int(robust.sum())
+        robust &= fooled != 1
+        if spec.survivors:
+            not_fooled = int(robust.sum())  # the row of a survivors-only attack: the worst case after it
+        else:
+            not_fooled = int((fooled == 0).sum())
+        attacked = len(self.labels) if subset is None else int(subset.sum())
+        correct, n, still, newly, n_all = self.global_count(
+            not_fooled, attacked, int(robust.sum()), before - int(robust.sum()), len(self.labels))
+        row = {'attack': spec.attack, 'gradient': gradient, 'loss': spec.loss, 'steps': spec.steps,
+               'restarts': spec.restarts, 'eps': eps_text(eps), 'threat': threat.threat,
+               'clamp': threat.clamp, 'accuracy': correct / max(n, 1), 'n_samples': n,
+               'scope': 'survivors' if spec.survivors else ('subset' if subset is not None else 'all'),
+               'path_choice': spec.gradient if spec.gradient.startswith((BEST, ENSEMBLE_BEST, SHARPER)) else 'fixed',
+               'label': PUBLISHED_LABEL if spec.published else 'adaptive',
+               'worst_after': still / max(n_all, 1), 'newly_broken': newly,
+               'sanity_eps': sanity, 'time_s': round(time.perf_counter() - start, 3)}
+        self.rows.append(row)
+        self.fooled.append(fooled)
+        self.log(f"  {row_label(row):<58} eps={row['eps']:<7} {threat.threat:<8} "
+                 f"clamp={str(threat.clamp).lower():<5} {100 * row['accuracy']:6.2f}% "
+                 f"[{row['scope']}; worst {100 * row['worst_after']:.2f}%, +{newly} broken]  "
+                 f"({row['time_s']:.0f}s)")
+        return row
+
+    def _log_worst(self, threat, eps, robust):
+        correct, n = self.global_count(int(robust.sum()), len(self.labels))
+        self.log(f"  worst case at eps={eps_text(eps)} ({threat.threat}, clamp="
+                 f"{str(threat.clamp).lower()}): {100 * correct / max(n, 1):.2f}% of {n}")
+
+    def zero_gradient_shares(self, paths, threat):
+        """Per gradient path: the share of clean-correct images whose input gradient of the CE
+        loss on the class scores is exactly zero."""
+        shares = {}
+        index = self.clean_correct.nonzero()[:, 0]
+        for path in paths:
+            zero = 0
+            for batch in self._batches(index):
+                x, y = self._take(batch)
+                delta = torch.zeros(threat.delta_shape(x), dtype=x.dtype, device=x.device,
+                                    requires_grad=True)
+                with scores_through(self.model, path) as scores_fn, torch.enable_grad():
+                    scores = scores_fn(threat.apply(x, delta))
+                    (grad,) = torch.autograd.grad(LOSSES['ce'](scores, y).sum(), delta)
+                zero += int((grad.flatten(1) == 0).all(1).sum())
+            zero, n = self.global_count(zero, len(index))
+            shares[path] = (zero, n)
+        return shares
+
