@@ -326,6 +326,11 @@ def use_gradient_path(model, path):
     # Every spiking layer has the hook (layers.spiking.SpikingLayer); duck-typed so that the
     # neuron registry can list this path without an import cycle.
     layers = [m for m in model.modules() if hasattr(m, 'gradient_path')]
+    if not layers:
+        # No spiking layer (the ANN twin, layers/ann.py): no spike to take a surrogate of, so
+        # every path is the model's plain autograd gradient -- a no-op, on purpose.
+        yield model
+        return
     previous = [layer.gradient_path for layer in layers]
     try:
         for layer in layers:
