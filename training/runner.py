@@ -20,18 +20,19 @@ import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from attack import Normalization, attack_bounds, training_attack
+from attack import Normalization, attack_bounds
 from runtime.checkpoint import (CheckpointError, check_resumable, load_checkpoint, load_weights,
                         rederived_rng_seed, rng_states, set_rng_states)
 from config import (ConfigError, attack_strengths, config_path_for_dataset, input_shape, load_config,
-                    resolve, train_epsilon)
+                    resolve)
 from datasets import DATASETS, DatasetNotFound, build_datasets
 from training.diagnostics import SpikeMonitor, diagnose
 from runtime.distributed import (LaunchError, ShardSampler, all_gather_object, broadcast_buffers,
                          cleanup_distributed, init_distributed, wait_for_all_ranks)
 from training.engine import adversarial_test, build_optimizer, evaluate, record_nds, train_one_epoch
 from training.guards import TrainingDiverged, TrainingGuard
-from layers import Network, gradient_path_name, parse_gradient_path
+from training.adversarial import build_adversary, selection_eps, split_training_set
+from layers import ANN, build_network
 from runtime.outputs import RunOutputs
 from runtime.rundir import checkpoint_bytes, open_run_directory
 
@@ -113,7 +114,7 @@ def build_model(cfg, ckpt=None, device=None):
     file ``ckpt`` (read weights-only, loaded strictly) and moved to ``device`` when given.
     Initial weights come from torch's global RNG (seed it first)."""
     dtype = getattr(torch, cfg['DEFAULT']['dtype'])
-    model = Network(cfg['Network'], cfg['Layers'], input_shape(cfg)).to(dtype)
+    model = build_network(cfg['Network'], cfg['Layers'], input_shape(cfg)).to(dtype)  # SNN or ANN twin
     if ckpt is not None:
         load_model_weights(model, load_checkpoint(ckpt), ckpt, cfg)
     return model if device is None else model.to(device)
@@ -125,6 +126,13 @@ def load_model_weights(model, checkpoint, path, cfg):
     The checkpoint's NDS (TA-LIF ``target_train``) replaces the one ``Network.ckpt_v`` loaded."""
     saved_adaptive = any(key.endswith('theta_v') for key in checkpoint['net'])
     model_name = cfg['Network']['model']
+    # An ANN twin's weights have a LIF network's keys and shapes: only the saved config tells
+    # them apart (released checkpoints have none, and are spiking).
+    saved_model = ((checkpoint.get('config') or {}).get('Network') or {}).get('model')
+    if (saved_model == ANN) != (model_name == ANN):
+        saved = 'an ANN' if saved_model == ANN else 'a spiking network'
+        raise CheckpointError(f"checkpoint '{path}' holds {saved}, but Network.model is "
+                              f"{model_name}: set Network.model={saved_model or 'LIF'}")
     if saved_adaptive != model.settings.adaptive:
         saved = 'a TA-LIF (ALIF) network: it has theta_v and an NDS' if saved_adaptive \
             else 'a LIF network: it has no theta_v and no NDS'
@@ -204,11 +212,14 @@ def apply_resumed_hyperparameters(optimizer, scheduler, network):
             1 + math.cos(math.pi * scheduler.last_epoch / scheduler.T_max)) / 2
 
 
-def build_loaders(cfg, ctx, workers):
-    """``(train, test, nds)`` loaders of the config's data set for this rank."""
+def build_loaders(cfg, ctx, workers, validation=False):
+    """``(train, test, nds)`` loaders of the config's data set for this rank; with
+    ``validation``, a fourth: the held-out validation split of ``DEFAULT.select: robust`` (None
+    otherwise). Those images are never in the training (or NDS) loader."""
     default, network = cfg['DEFAULT'], cfg['Network']
     train_set, test_set = build_datasets(network['dataset'], network['data_path'],
                                          default['train_samples'], default['test_samples'])
+    train_set, val_set = split_training_set(cfg, train_set)
     if workers is None:
         workers = 4 if ctx.device.type == 'cuda' else 0
     common = dict(batch_size=network['batch_size'], num_workers=workers,
@@ -222,7 +233,11 @@ def build_loaders(cfg, ctx, workers):
     # The NDS is recorded over the whole training set, each sample once, in a fixed order.
     nds_loader = torch.utils.data.DataLoader(train_set, sampler=ShardSampler(len(train_set), ctx),
                                              **common)
-    return train_loader, test_loader, nds_loader
+    if not validation:
+        return train_loader, test_loader, nds_loader
+    val_loader = None if val_set is None else torch.utils.data.DataLoader(
+        val_set, sampler=ShardSampler(len(val_set), ctx), **common)
+    return train_loader, test_loader, nds_loader, val_loader
 
 
 # --- One run ----------------------------------------------------------------------------------
@@ -307,7 +322,7 @@ def _run_in_directory(cfg, out_dir, ctx, model_without_ddp, resume, workers, nds
             **NO_BUFFER_SYNC_PER_STEP)
 
     # The data first: a run without its data set fails before it writes anything in --out.
-    train_loader, test_loader, nds_loader = build_loaders(cfg, ctx, workers)
+    train_loader, test_loader, nds_loader, val_loader = build_loaders(cfg, ctx, workers, True)
     outputs = RunOutputs(out_dir, ctx, cfg,
                          results=resume_state.get('results') if resume_state else None,
                          resume=resume)
@@ -329,7 +344,8 @@ def _run_in_directory(cfg, out_dir, ctx, model_without_ddp, resume, workers, nds
     seed_everything(default['seed'] + 1000 * ctx.rank)
 
     if training:
-        train(model, model_without_ddp, train_loader, test_loader, cfg, ctx, outputs, resume_state)
+        train(model, model_without_ddp, train_loader, test_loader, cfg, ctx, outputs, resume_state,
+              val_loader)
     if network['save_target']:
         nds_path = nds_out or os.path.join(out_dir, 'nds.pt')  # the run's own output
         nds = record_nds(model_without_ddp, nds_loader, ctx, outputs.progress)
@@ -346,21 +362,26 @@ def _run_in_directory(cfg, out_dir, ctx, model_without_ddp, resume, workers, nds
     return outputs.results
 
 
-def train(model, model_without_ddp, train_loader, test_loader, cfg, ctx, outputs, resume_state):
+def train(model, model_without_ddp, train_loader, test_loader, cfg, ctx, outputs, resume_state,
+          val_loader=None):
     """The training loop of SPEC §7; leaves the best (by clean test accuracy) weights in the model,
-    as the published workflow evaluates best.pth."""
+    as the published workflow evaluates best.pth. With ``val_loader`` (``DEFAULT.select:
+    robust``) "best" is the best PGD accuracy on it instead (training/adversarial.py)."""
     default, network = cfg['DEFAULT'], cfg['Network']
     optimizer = build_optimizer(model, network['lr'])
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=network['T_max'])
     adversary = None
     if default['advtrain']:
-        attack = training_attack(cfg['ATTACK']['ft_method'])
-        eps = Normalization.of(network).to_model_units(train_epsilon(cfg))
-        gradient = parse_gradient_path(cfg['ATTACK']['ft_gradient'])
-        adversary = (attack, eps, attack_bounds(cfg), gradient)
-        outputs.log(f"adversarial training: {attack.name} eps={cfg['ATTACK']['train'][0]}, "
-                    f"crafted with the {gradient_path_name(gradient)} gradient")
+        adversary = build_adversary(cfg)
+        outputs.log(adversary.describe(cfg))
     start_epoch, best = 0, {'epoch': None, 'test_acc': -1.0}
+    if val_loader is not None:
+        best['val_pgd_acc'] = -1.0
+        outputs.set_result('selection', {
+            'metric': 'val_pgd_acc', 'attack': 'pgd', 'eps': cfg['ATTACK']['train'][0],
+            'val_samples': len(val_loader.dataset),
+            'what': 'published PGD-7 accuracy at ATTACK.train[0] on training images held out '
+                    'of training (DEFAULT.val_samples, split by DEFAULT.seed)'})
     best_state = None
     if resume_state is not None:
         optimizer.load_state_dict(resume_state['optimizer'])
@@ -395,7 +416,8 @@ def train(model, model_without_ddp, train_loader, test_loader, cfg, ctx, outputs
     for epoch in range(start_epoch, network['epochs']):
         train_loader.sampler.set_epoch(epoch)
         metrics = train_one_epoch(model, model_without_ddp, train_loader, optimizer, ctx,
-                                  outputs.progress, epoch, adversary, guard)
+                                  outputs.progress, epoch,
+                                  adversary and adversary.at_epoch(epoch), guard)
         warning = guard.end_epoch(metrics)
         if warning:
             outputs.log(f"warning: {warning}")
@@ -409,9 +431,17 @@ def train(model, model_without_ddp, train_loader, test_loader, cfg, ctx, outputs
         metrics = {'epoch': epoch, **metrics, 'test_acc': test_acc, 'test_samples': n,
                    'lr': optimizer.param_groups[0]['lr'], 'firing_rate': spikes['firing_rate'],
                    'predictions': spikes['predictions']}
-        is_best = test_acc > best['test_acc']
-        if is_best:
-            best = {'epoch': epoch, 'test_acc': test_acc}
+        if val_loader is None:
+            is_best = test_acc > best['test_acc']
+            if is_best:
+                best = {'epoch': epoch, 'test_acc': test_acc}
+        else:
+            metrics['val_pgd_acc'], metrics['val_samples'] = evaluate(
+                model_without_ddp, val_loader, ctx, outputs.progress, attack='pgd',
+                eps=selection_eps(cfg), bounds=attack_bounds(cfg), desc='validation pgd')
+            is_best = metrics['val_pgd_acc'] > best['val_pgd_acc']
+            if is_best:
+                best = {'epoch': epoch, 'test_acc': test_acc, 'val_pgd_acc': metrics['val_pgd_acc']}
             best_state = {k: v.detach().cpu().clone() for k, v in model_without_ddp.state_dict().items()}
         outputs.add_epoch(metrics)
         outputs.set_result('best', best)
@@ -427,6 +457,8 @@ def train(model, model_without_ddp, train_loader, test_loader, cfg, ctx, outputs
 
     if best_state is not None:
         model_without_ddp.load_state_dict(best_state)
+        by = '' if val_loader is None else \
+            f", validation PGD accuracy {100 * best['val_pgd_acc']:.2f}% (selected by it)"
         outputs.log(f"using best.pth: epoch {best['epoch']}, clean test accuracy "
-                    f"{100 * best['test_acc']:.2f}%")
+                    f"{100 * best['test_acc']:.2f}%{by}")
         outputs.set_result('evaluated', f"best.pth (epoch {best['epoch']})")
