@@ -114,7 +114,7 @@ def build_model(cfg, ckpt=None, device=None):
     file ``ckpt`` (read weights-only, loaded strictly) and moved to ``device`` when given.
     Initial weights come from torch's global RNG (seed it first)."""
     dtype = getattr(torch, cfg['DEFAULT']['dtype'])
-    model = build_network(cfg['Network'], cfg['Layers'], input_shape(cfg)).to(dtype)  # SNN or ANN twin
+    model = build_network(cfg['Network'], cfg['Layers'], input_shape(cfg)).to(dtype)  # or the ANN
     if ckpt is not None:
         load_model_weights(model, load_checkpoint(ckpt), ckpt, cfg)
     return model if device is None else model.to(device)
@@ -417,7 +417,7 @@ def train(model, model_without_ddp, train_loader, test_loader, cfg, ctx, outputs
         train_loader.sampler.set_epoch(epoch)
         metrics = train_one_epoch(model, model_without_ddp, train_loader, optimizer, ctx,
                                   outputs.progress, epoch,
-                                  adversary and adversary.at_epoch(epoch), guard)
+                                  None if adversary is None else adversary.at_epoch(epoch), guard)
         warning = guard.end_epoch(metrics)
         if warning:
             outputs.log(f"warning: {warning}")
