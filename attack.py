@@ -18,8 +18,9 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 
-from layers import attack_loss
+from layers import attack_loss, class_scores
 
 
 @dataclass(frozen=True)
@@ -72,11 +73,12 @@ def fgsm(model, x, labels, eps, bounds=None):
     return _fgsm_step(model, x, labels, eps, bounds)
 
 
-def iterative_attack(model, x, labels, eps, bounds, steps, step_size):
-    """``steps`` FGSM steps of ``step_size`` from ``x`` (no random start), each projected onto the
-    eps-ball around ``x`` and clamped: PGD and BIM as published, or stronger variants."""
+def iterative_attack(model, x, labels, eps, bounds, steps, step_size, x_start=None):
+    """``steps`` FGSM steps of ``step_size`` from ``x`` (or from ``x_start``, a point of the
+    eps-ball: a random start), each projected onto the eps-ball around ``x`` and clamped: PGD and
+    BIM as published, or stronger variants."""
     x = x.detach()
-    x_adv = x
+    x_adv = x if x_start is None else x_start.detach()
     for _ in range(steps):
         x_adv = _fgsm_step(model, x_adv, labels, step_size, bounds)
         x_adv = torch.min(torch.max(x_adv, x - eps), x + eps)  # project onto the eps-ball
@@ -104,6 +106,48 @@ def fgsm_random_start(model, x, labels, eps, bounds=None, step_scale=1.25):
     x_start = _clamp(x + torch.empty_like(x).uniform_(-eps, eps), bounds)
     x_adv = _fgsm_step(model, x_start, labels, step_scale * eps, bounds)
     return _clamp(torch.min(torch.max(x_adv, x - eps), x + eps), bounds)
+
+
+def pgd_random_start(model, x, labels, eps, bounds=None, steps=10, step_fraction=None):
+    """PGD with a uniform random start in the eps-ball (Madry et al. 2018): ``steps`` sign steps of
+    ``step_fraction * eps`` (default ``2.5 / steps``: the steps can cross the ball from any start),
+    projected and clamped. Not in the paper: ``ATTACK.ft_method: pgd_rs`` (``ft_steps``,
+    ``ft_step_size``). The step is a fraction of eps so that it follows an eps ramp."""
+    step_fraction = 2.5 / steps if step_fraction is None else step_fraction
+    x = x.detach()
+    x_start = _clamp(x + torch.empty_like(x).uniform_(-eps, eps), bounds)
+    return iterative_attack(model, x, labels, eps, bounds, steps, step_fraction * eps, x_start)
+
+
+def trades_kl(scores_adv, scores_clean, reduction='batchmean'):
+    """TRADES' robust term ``KL(softmax(scores_clean) || softmax(scores_adv))`` (Zhang et al.
+    2019), summed over the classes and reduced over the batch (``'batchmean'`` or ``'sum'``)."""
+    return F.kl_div(F.log_softmax(scores_adv, 1), F.softmax(scores_clean, 1), reduction=reduction)
+
+
+# TRADES starts its inner maximisation at x + 0.001 N(0, 1) for its eps = 0.031: the start's
+# scale relative to eps.
+TRADES_START_SCALE = 0.001 / 0.031
+
+
+def trades_attack(model, x, labels, eps, bounds=None, steps=10, step_fraction=None):
+    """TRADES' inner maximisation: PGD on ``KL(f(x) || f(x'))`` (labels unused) from
+    ``x + (eps/31) N(0, 1)``, ``steps`` sign steps of ``step_fraction * eps`` (default
+    ``2.5 / steps``), projected onto the eps-ball and clamped. ``f`` = the class scores.
+    Not in the paper: ``ATTACK.ft_method: trades`` (training/adversarial.py has the outer loss)."""
+    step_fraction = 2.5 / steps if step_fraction is None else step_fraction
+    x = x.detach()
+    with torch.no_grad():
+        clean = class_scores(model, x)
+    x_adv = _clamp(x + TRADES_START_SCALE * eps * torch.randn_like(x), bounds)
+    for _ in range(steps):
+        x_adv = x_adv.detach().requires_grad_(True)
+        with torch.enable_grad():
+            loss = trades_kl(class_scores(model, x_adv), clean, reduction='sum')
+            (grad,) = torch.autograd.grad(loss, x_adv)
+        x_adv = x_adv.detach() + step_fraction * eps * grad.sign()
+        x_adv = _clamp(torch.min(torch.max(x_adv, x - eps), x + eps), bounds)
+    return x_adv.detach()
 
 
 def random_sign_noise(model, x, labels, eps, bounds=None):
@@ -146,6 +190,10 @@ ATTACKS = {attack.name: attack for attack in (
            ft_method='pgd'),
     Attack('bim', projected_steps, ('test',), dict(steps=7, step_divisor=7), title='BIM'),
     Attack('fgsm-rs', fgsm_random_start, ('train',), title='FGSM-RS', ft_method='fgm_rs'),
+    # steps and step size from ATTACK.ft_steps / ft_step_size (training/adversarial.py)
+    Attack('pgd-rs', pgd_random_start, ('train',), dict(steps=10), title='PGD-RS',
+           ft_method='pgd_rs'),
+    Attack('trades', trades_attack, ('train',), dict(steps=10), title='TRADES', ft_method='trades'),
     Attack('noise', random_sign_noise, ('baseline',), title='sign noise'),
 )}
 

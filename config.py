@@ -10,8 +10,8 @@ import re
 
 import yaml
 
-from layers import (ConfigError, NetworkSettings, layer_shapes, parse_gradient_path, read_nds_file,
-                    unknown_layer_keys)
+from layers import (ANN, ConfigError, layer_shapes, network_settings, parse_gradient_path,
+                    read_nds_file, unknown_layer_keys)
 from layers.gradients import PUBLISHED as PUBLISHED_GRADIENT, gradient_path_name
 from layers.config_keys import get_bool, get_choice, get_number, get_pair, read_fraction, show
 from errors import CodedWarning
@@ -23,13 +23,23 @@ DTYPES = ('float32', 'float64')
 
 # Keys this project adds get defaults that reproduce the published behaviour when absent.
 DEFAULT_DEFAULTS = {'cleantrain': True, 'advtrain': False, 'advtest': True, 'ckpt': None,
-                    'train_samples': None, 'test_samples': None, 'seed': 0, 'dtype': 'float32'}
+                    'train_samples': None, 'test_samples': None, 'seed': 0, 'dtype': 'float32',
+                    # Model selection: 'clean' = best clean test accuracy (published); 'robust' =
+                    # best PGD accuracy at ATTACK.train[0] on val_samples training images held out.
+                    'select': 'clean', 'val_samples': 1000}
+SELECT_METRICS = ('clean', 'robust')
 NETWORK_KEYS = {'epochs', 'model', 'tau_v', 'ckpt_v', 'batch_size', 'lr', 'T_max', 'is_bn',
                 'save_target', 'n_steps', 'data_path', 'mean', 'std', 'dataset', 'loss', 'n_class',
                 'tau_m', 'tau_s', 'train_gradient'}
 # Carried by the published YAMLs but read by nothing (TSSL-BP leftovers): accepted silently.
 PUBLISHED_UNUSED_KEYS = {'desired_count', 'undesired_count', 'rule'}
-ATTACK_KEYS = {'strength', 'train', 'ft_method', 'ft_gradient', 'clamp'}
+ATTACK_KEYS = {'strength', 'train', 'ft_method', 'ft_gradient', 'clamp', 'ft_steps', 'ft_step_size',
+               'trades_beta', 'ft_eps_ramp_epochs'}
+# Adversarial training (ATTACK.ft_method pgd_rs and trades): the published choices of Madry et al.
+# (10 steps of 2.5 eps / steps) and Zhang et al. (TRADES beta = 6).
+FT_STEPS_DEFAULT = 10
+MAX_FT_STEPS = 1000  # each step is a forward and a backward per training batch
+TRADES_BETA_DEFAULT = 6
 # The published kernel-loss code (MNIST/CIFAR10) fixed the cosine period at 200 epochs; the softmax
 # code (CIFAR100) used the number of epochs.
 PUBLISHED_KERNEL_T_MAX = 200
@@ -247,6 +257,13 @@ def resolve(raw):
         default[key] = get_sample_count(default, key, 'DEFAULT', optional=True)
     get_number(default, 'seed', 'DEFAULT', integer=True, minimum=0, maximum=MAX_SEED)
     get_choice(default, 'dtype', 'DEFAULT', DTYPES)
+    get_choice(default, 'select', 'DEFAULT', SELECT_METRICS)
+    get_number(default, 'val_samples', 'DEFAULT', positive=True, integer=True)
+    if default['select'] == 'robust' and default['train_samples'] is not None \
+            and default['val_samples'] >= default['train_samples']:
+        raise ConfigError(f"DEFAULT.val_samples ({default['val_samples']}) must be below "
+                          f"DEFAULT.train_samples ({default['train_samples']}): the validation "
+                          f"images are held out of the training images")
     if default['ckpt'] is not None:
         if not isinstance(default['ckpt'], str) or '\0' in default['ckpt']:
             raise ConfigError(f"DEFAULT.ckpt must be a file path or null, got {show(default['ckpt'])}")
@@ -262,7 +279,7 @@ def resolve(raw):
     # path (layers/bptt.py); validated by NetworkSettings, recorded under its full name
     # (bptt:sigmoid -> bptt:sigmoid:5) so that the resolved config says which sharpness ran.
     network.setdefault('train_gradient', PUBLISHED_GRADIENT)
-    settings = NetworkSettings.from_config(network)  # also checks that ckpt_v is a path or null
+    settings = network_settings(network)  # also checks that ckpt_v is a path or null
     network['train_gradient'] = gradient_path_name(settings.train_gradient)
     network['ckpt_v'] = resolve_input_path(settings.ckpt_v)
     settings = dataclasses.replace(settings, ckpt_v=network['ckpt_v'])
@@ -277,7 +294,9 @@ def resolve(raw):
         raise ConfigError(f"Network.data_path must be a directory path, got "
                           f"{show(network.get('data_path'))}")
     # (epochs 0 trains nothing; its T_max is never used but must still be a valid period)
-    network.setdefault('T_max', PUBLISHED_KERNEL_T_MAX if settings.loss == 'kernel'
+    # (by the YAML's loss, not settings.loss: the ANN twin, which always trains on cross-entropy,
+    # keeps its spiking twin's schedule and threat model)
+    network.setdefault('T_max', PUBLISHED_KERNEL_T_MAX if network['loss'] == 'kernel'
                        else max(network['epochs'], 1))
     get_number(network, 'T_max', 'Network', positive=True)
     if settings.n_class != N_CLASSES[dataset]:
@@ -294,6 +313,12 @@ def resolve(raw):
     plan = layer_shapes(cfg['Layers'], INPUT_SHAPES[dataset])
     check_sizes(cfg, settings, plan, INPUT_SHAPES[dataset])
     warnings += [f"unknown key {key} (ignored)" for key in unknown_layer_keys(cfg['Layers'])]
+    if settings.model == ANN:
+        if settings.save_target:
+            raise ConfigError("Network.save_target: the ANN (Network.model ANN) has no membrane "
+                              "potential to record an NDS from; set it false")
+        if settings.ckpt_v is not None:
+            warnings.append("Network.ckpt_v is ignored by the ANN (it has no NDS)")
     if settings.adaptive:
         if settings.ckpt_v is not None:
             check_nds_file(settings, plan)
@@ -306,7 +331,7 @@ def resolve(raw):
     attack.setdefault('strength', [])
     attack.setdefault('train', [])
     attack.setdefault('ft_method', 'fgm')
-    attack.setdefault('clamp', settings.loss == 'softmax')  # the published CIFAR100 code clamped
+    attack.setdefault('clamp', network['loss'] == 'softmax')  # the published CIFAR100 code clamped
     warnings += [f"unknown key ATTACK.{key} (ignored)" for key in attack if key not in ATTACK_KEYS]
     for key in ('strength', 'train'):
         if not isinstance(attack[key], list):
@@ -323,10 +348,37 @@ def resolve(raw):
         parse_gradient_path(attack['ft_gradient'])
     except ValueError as exc:
         raise ConfigError(f"ATTACK.ft_gradient: {exc}") from None
+    if settings.model == ANN and parse_gradient_path(attack['ft_gradient']) is not None:
+        raise ConfigError(f"ATTACK.ft_gradient: {show(attack['ft_gradient'])} chooses a spike "
+                          f"surrogate, but the ANN has no spikes (its gradient is plain autograd); "
+                          f"leave it {PUBLISHED_GRADIENT!r}")
     get_bool(attack, 'clamp', 'ATTACK')
+    check_adversarial_training_keys(attack)
     if default['advtrain'] and not attack['train']:
         raise ConfigError("DEFAULT.advtrain needs ATTACK.train, e.g. [2/255]")
+    if default['select'] == 'robust' and (default['cleantrain'] or default['advtrain']) \
+            and not attack['train']:
+        raise ConfigError("DEFAULT.select: robust selects by PGD accuracy at ATTACK.train[0]; set "
+                          "ATTACK.train, e.g. [2/255]")
     return cfg, warnings
+
+
+def check_adversarial_training_keys(attack):
+    """The keys of ATTACK.ft_method pgd_rs and trades (defaults filled in): ``ft_steps``,
+    ``ft_step_size`` (pixel units like eps; null = 2.5 eps / ft_steps), ``trades_beta``,
+    ``ft_eps_ramp_epochs`` (0 = no ramp)."""
+    attack.setdefault('ft_steps', FT_STEPS_DEFAULT)
+    attack.setdefault('ft_step_size', None)
+    attack.setdefault('trades_beta', TRADES_BETA_DEFAULT)
+    attack.setdefault('ft_eps_ramp_epochs', 0)
+    get_number(attack, 'ft_steps', 'ATTACK', positive=True, integer=True, maximum=MAX_FT_STEPS)
+    if attack['ft_step_size'] is not None:
+        if parse_epsilon(attack['ft_step_size'], 'ATTACK.ft_step_size') <= 0:
+            raise ConfigError(f"ATTACK.ft_step_size must be positive (pixel units, e.g. 1/255) or "
+                              f"null (2.5 eps / ft_steps), got {show(attack['ft_step_size'])}")
+    get_number(attack, 'trades_beta', 'ATTACK', minimum=0)
+    get_number(attack, 'ft_eps_ramp_epochs', 'ATTACK', integer=True, minimum=0,
+               maximum=MAX_EPOCHS)
 
 
 def check_sizes(cfg, settings, plan, in_shape):

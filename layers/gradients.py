@@ -84,7 +84,8 @@ def use_gradient_path(model, path):
         yield model
         return
     # Every spiking layer has the attribute (layers.spiking.SpikingLayer); duck-typed so that
-    # this module need not import the layers.
+    # this module need not import the layers. A model without spiking layers (the ANN twin) has
+    # no spike to take a surrogate of: every path is its plain autograd gradient, a no-op.
     layers = [m for m in model.modules() if hasattr(m, 'gradient_path')]
     previous = [layer.gradient_path for layer in layers]
     try:

@@ -44,3 +44,11 @@ def attack_loss(out, labels, settings):
 def predict(out):
     """The predicted class: argmax over classes of the output summed over time."""
     return out.sum(-1).flatten(1).argmax(1)
+
+
+def class_scores(model, x):
+    """The scores ``predict`` takes the argmax of: the output summed over time, ``[B, n_class]``
+    (the logits of the ANN twin). Every attack loss of robustness/ and TRADES' KL use them, so
+    "the loss went up" and "the prediction changed" talk about the same numbers."""
+    out, _ = model(x, False)
+    return out.sum(-1).flatten(1)

@@ -82,7 +82,9 @@ class SpikeMonitor:
         """``{'firing_rate': {layer: mean spikes per neuron per step, or None}, 'output_rate',
         'predictions': [count per class], 'n_samples'}`` over every rank. Every rank must call it."""
         names = [layer.name for layer in self.layers]
-        local = torch.cat([torch.stack([self.spikes[n].cpu() for n in names]),
+        # (no spiking layer at all: the ANN twin, layers/ann.py)
+        spikes = [self.spikes[n].cpu() for n in names]
+        local = torch.cat([torch.stack(spikes) if spikes else torch.zeros(0, dtype=torch.float64),
                            torch.tensor([float(self.neuron_steps[n]) for n in names],
                                         dtype=torch.float64),
                            self.classes.cpu().double()])

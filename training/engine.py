@@ -22,19 +22,23 @@ def build_optimizer(model, lr):
     return torch.optim.AdamW(model.parameters(), lr=lr, betas=ADAM_BETAS)
 
 
-def train_step(model, x, labels, optimizer, network=None, dropout=True):
+def train_step(model, x, labels, optimizer, network=None, dropout=True, objective=None):
     """One optimiser step of SPEC §7: forward, loss, backward, gradient-norm clipping at 1, AdamW
     step, weight clipping. ``model`` may be the DDP wrapper of ``network`` (the unwrapped module;
     default: ``model`` itself). The caller sets train/eval mode. ``dropout=False`` runs the net
     with ``is_train=False`` (the golden recordings did). The gradient follows
     ``Network.train_gradient`` (``network.settings``: the published backward, or exact BPTT).
     Returns ``(out, loss, grad_norm)`` (the norm before clipping, as clip_grad_norm_ returns it;
-    a device tensor, not synchronised)."""
+    a device tensor, not synchronised). ``objective(model, x, labels, dropout) -> (out, loss)``
+    replaces the forward and the network's loss (TRADES, training/adversarial.py)."""
     network = model if network is None else network
     # (the rule is chosen when the layers run forward; their backward follows it later)
     with use_gradient_path(network, network.settings.train_gradient):
-        out, _ = model(x, dropout)
-    loss = compute_loss(out, labels, network.settings)
+        if objective is None:
+            out, _ = model(x, dropout)
+            loss = compute_loss(out, labels, network.settings)
+        else:
+            out, loss = objective(model, x, labels, dropout)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP_NORM)
@@ -48,13 +52,24 @@ def _to_device(images, labels, ctx, dtype):
             labels.to(ctx.device, non_blocking=True))
 
 
+def craft_training_examples(adversary, network, x, labels):
+    """``(x_adv, objective or None)``: an ``Adversary`` (training/adversarial.py) crafts its own;
+    the plain tuple ``(attack, eps, bounds, gradient path)`` runs the attack through the path."""
+    if hasattr(adversary, 'craft'):
+        return adversary.craft(network, x, labels)
+    attack, eps, bounds, gradient = adversary
+    with use_gradient_path(network, gradient):
+        return attack(network, x, labels, eps, bounds), None
+
+
 def train_one_epoch(model, model_without_ddp, loader, optimizer, ctx, progress, epoch,
                     adversary=None, guard=None):
     """One pass over ``loader``. ``adversary``: ``(attack, eps, bounds, gradient path)`` (model
     units, see attack.py; the path as layers.parse_gradient_path gives it, None = published) for
     adversarial training -- examples are crafted on the unwrapped module in train
     mode (BatchNorm batch statistics), so input gradients trigger no DDP reduction. ``guard``:
-    a guards.TrainingGuard that sees every step's loss and gradient norm (stops on NaN/Inf)."""
+    an ``Adversary`` of training/adversarial.py (which may also bring its own loss: TRADES).
+    ``guard``: a guards.TrainingGuard that sees every step's loss and gradient norm (stops on NaN/Inf)."""
     settings = model_without_ddp.settings
     dtype = next(model_without_ddp.parameters()).dtype
     model.train()
@@ -68,11 +83,11 @@ def train_one_epoch(model, model_without_ddp, loader, optimizer, ctx, progress, 
     for step, (images, labels) in enumerate(bar):
         images, labels = _to_device(images, labels, ctx, dtype)
         x = time_expand(images, settings.n_steps)
+        objective = None
         if adversary is not None:
-            attack, eps, bounds, gradient = adversary
-            with use_gradient_path(model_without_ddp, gradient):
-                x = attack(model_without_ddp, x, labels, eps, bounds)
-        out, loss, grad_norm = train_step(model, x, labels, optimizer, model_without_ddp)
+            x, objective = craft_training_examples(adversary, model_without_ddp, x, labels)
+        out, loss, grad_norm = train_step(model, x, labels, optimizer, model_without_ddp,
+                                          objective=objective)
         if guard is not None:
             guard.after_step(step, loss, grad_norm)
         loss_sum += loss.detach() * labels.shape[0]

@@ -2,7 +2,8 @@
 main.py -- (train) -> (record the NDS) -> (adversarial test) -- in a locked run directory.
 
     build_model(cfg, ckpt=None, device=None)   the network of a config, weights from a checkpoint
-    build_loaders(cfg, ctx, workers)           train (DistributedSampler), test and NDS loaders
+    build_loaders(cfg, ctx, workers)           train (DistributedSampler), test and NDS loaders (and
+                                               the held-out validation split of DEFAULT.select: robust)
     run_experiment(cfg, out_dir, ctx, ...)     one run; protocol.py runs one per stage
     train(...)                                 the training loop of SPEC §7
 
@@ -14,17 +15,18 @@ import os
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from attack import Normalization, attack_bounds, training_attack
-from config import RANDOM_NDS, attack_strengths, input_shape, train_epsilon
+from attack import Normalization, attack_bounds
+from config import RANDOM_NDS, attack_strengths, input_shape
 from datasets import build_datasets
 from errors import without_warning
-from layers import Network, gradient_path_name, parse_gradient_path
+from layers import ANN, build_network
 from runtime.checkpoint import CheckpointError, load_checkpoint, load_weights
 from runtime.distributed import (ShardSampler, all_gather_object, broadcast_buffers,
                                  wait_for_all_ranks)
 from runtime.outputs import RunOutputs
 from runtime.rng import rng_states, seed_everything
 from runtime.rundir import checkpoint_bytes, open_run_directory
+from training.adversarial import build_adversary, selection_eps, split_training_set
 from training.diagnostics import SpikeMonitor, diagnose
 from training.engine import adversarial_test, build_optimizer, evaluate, record_nds, train_one_epoch
 from training.guards import TrainingGuard
@@ -41,7 +43,7 @@ def build_model(cfg, ckpt=None, device=None):
     file ``ckpt`` (read weights-only, loaded strictly) and moved to ``device`` when given.
     Initial weights come from torch's global RNG (seed it first)."""
     dtype = getattr(torch, cfg['DEFAULT']['dtype'])
-    model = Network(cfg['Network'], cfg['Layers'], input_shape(cfg)).to(dtype)
+    model = build_network(cfg['Network'], cfg['Layers'], input_shape(cfg)).to(dtype)  # or the ANN
     if ckpt is not None:
         load_model_weights(model, load_checkpoint(ckpt), ckpt, cfg)
     return model if device is None else model.to(device)
@@ -53,6 +55,13 @@ def load_model_weights(model, checkpoint, path, cfg):
     The checkpoint's NDS (TA-LIF ``target_train``) replaces the one ``Network.ckpt_v`` loaded."""
     saved_adaptive = any(key.endswith('theta_v') for key in checkpoint['net'])
     model_name = cfg['Network']['model']
+    # An ANN twin's weights have a LIF network's keys and shapes: only the saved config tells
+    # them apart (released checkpoints have none, and are spiking).
+    saved_model = ((checkpoint.get('config') or {}).get('Network') or {}).get('model')
+    if (saved_model == ANN) != (model_name == ANN):
+        saved = 'an ANN' if saved_model == ANN else 'a spiking network'
+        raise CheckpointError(f"checkpoint '{path}' holds {saved}, but Network.model is "
+                              f"{model_name}: set Network.model={saved_model or 'LIF'}")
     if saved_adaptive != model.settings.adaptive:
         saved = 'a TA-LIF (ALIF) network: it has theta_v and an NDS' if saved_adaptive \
             else 'a LIF network: it has no theta_v and no NDS'
@@ -84,11 +93,14 @@ def nds_source_note(cfg, before, model, ckpt_path):
     return f"the TA-LIF layers use the NDS of '{ckpt_path}' (the same as Network.ckpt_v)"
 
 
-def build_loaders(cfg, ctx, workers):
-    """``(train, test, nds)`` loaders of the config's data set for this rank."""
+def build_loaders(cfg, ctx, workers, validation=False):
+    """``(train, test, nds)`` loaders of the config's data set for this rank; with
+    ``validation``, a fourth: the held-out validation split of ``DEFAULT.select: robust`` (None
+    otherwise). Those images are never in the training (or NDS) loader."""
     default, network = cfg['DEFAULT'], cfg['Network']
     train_set, test_set = build_datasets(network['dataset'], network['data_path'],
                                          default['train_samples'], default['test_samples'])
+    train_set, val_set = split_training_set(cfg, train_set)
     if workers is None:
         workers = 4 if ctx.device.type == 'cuda' else 0
     common = dict(batch_size=network['batch_size'], num_workers=workers,
@@ -102,7 +114,11 @@ def build_loaders(cfg, ctx, workers):
     # The NDS is recorded over the whole training set, each sample once, in a fixed order.
     nds_loader = torch.utils.data.DataLoader(train_set, sampler=ShardSampler(len(train_set), ctx),
                                              **common)
-    return train_loader, test_loader, nds_loader
+    if not validation:
+        return train_loader, test_loader, nds_loader
+    val_loader = None if val_set is None else torch.utils.data.DataLoader(
+        val_set, sampler=ShardSampler(len(val_set), ctx), **common)
+    return train_loader, test_loader, nds_loader, val_loader
 
 
 # --- One run --------------------------------------------------------------------------------------
@@ -150,7 +166,7 @@ def _run_in_directory(cfg, out_dir, ctx, model_without_ddp, resume, workers, nds
     model, model_without_ddp = place_model(model_without_ddp, cfg, ctx, training)
 
     # The data first: a run without its data set fails before it writes anything in --out.
-    train_loader, test_loader, nds_loader = build_loaders(cfg, ctx, workers)
+    train_loader, test_loader, nds_loader, val_loader = build_loaders(cfg, ctx, workers, True)
     outputs = RunOutputs(out_dir, ctx, cfg,
                          results=resume_state.get('results') if resume_state else None,
                          resume=resume)
@@ -166,7 +182,8 @@ def _run_in_directory(cfg, out_dir, ctx, model_without_ddp, resume, workers, nds
     seed_everything(default['seed'] + 1000 * ctx.rank)
 
     if training:
-        train(model, model_without_ddp, train_loader, test_loader, cfg, ctx, outputs, resume_state)
+        train(model, model_without_ddp, train_loader, test_loader, cfg, ctx, outputs, resume_state,
+              val_loader)
     if network['save_target']:
         save_nds(model_without_ddp, nds_loader, ctx, outputs,
                  nds_out or os.path.join(out_dir, 'nds.pt'))  # default: the run's own output
@@ -234,14 +251,26 @@ def run_adversarial_test(model_without_ddp, test_loader, cfg, ctx, outputs):
 
 # --- Training -------------------------------------------------------------------------------------
 
-def train(model, model_without_ddp, train_loader, test_loader, cfg, ctx, outputs, resume_state):
+def train(model, model_without_ddp, train_loader, test_loader, cfg, ctx, outputs, resume_state,
+          val_loader=None):
     """The training loop of SPEC §7; leaves the best (by clean test accuracy) weights in the model,
-    as the published workflow evaluates best.pth."""
+    as the published workflow evaluates best.pth. With ``val_loader`` (``DEFAULT.select:
+    robust``) "best" is the best PGD accuracy on it instead (training/adversarial.py)."""
     network = cfg['Network']
     optimizer = build_optimizer(model, network['lr'])
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=network['T_max'])
-    adversary = build_adversary(cfg, outputs.log)
+    adversary = None
+    if cfg['DEFAULT']['advtrain']:
+        adversary = build_adversary(cfg)
+        outputs.log(adversary.describe(cfg))
     start_epoch, best, best_state = 0, {'epoch': None, 'test_acc': -1.0}, None
+    if val_loader is not None:
+        best['val_pgd_acc'] = -1.0
+        outputs.set_result('selection', {
+            'metric': 'val_pgd_acc', 'attack': 'pgd', 'eps': cfg['ATTACK']['train'][0],
+            'val_samples': len(val_loader.dataset),
+            'what': 'published PGD-7 accuracy at ATTACK.train[0] on training images held out '
+                    'of training (DEFAULT.val_samples, split by DEFAULT.seed)'})
     if resume_state is not None:
         start_epoch, best, best_state = restore_training_state(resume_state, optimizer, scheduler,
                                                                cfg, ctx, outputs)
@@ -252,7 +281,8 @@ def train(model, model_without_ddp, train_loader, test_loader, cfg, ctx, outputs
     for epoch in range(start_epoch, network['epochs']):
         train_loader.sampler.set_epoch(epoch)
         metrics = train_one_epoch(model, model_without_ddp, train_loader, optimizer, ctx,
-                                  outputs.progress, epoch, adversary, guard)
+                                  outputs.progress, epoch,
+                                  None if adversary is None else adversary.at_epoch(epoch), guard)
         warning = guard.end_epoch(metrics)
         if warning:
             outputs.log(f"warning: {warning}")
@@ -262,9 +292,16 @@ def train(model, model_without_ddp, train_loader, test_loader, cfg, ctx, outputs
         metrics = {'epoch': epoch, **metrics, 'test_acc': test_acc, 'test_samples': n,
                    'lr': optimizer.param_groups[0]['lr'], 'firing_rate': spikes['firing_rate'],
                    'predictions': spikes['predictions']}
-        is_best = test_acc > best['test_acc']
+        if val_loader is not None:
+            metrics['val_pgd_acc'], metrics['val_samples'] = evaluate(
+                model_without_ddp, val_loader, ctx, outputs.progress, attack='pgd',
+                eps=selection_eps(cfg), bounds=attack_bounds(cfg), desc='validation pgd')
+        is_best = (test_acc > best['test_acc'] if val_loader is None
+                   else metrics['val_pgd_acc'] > best['val_pgd_acc'])
         if is_best:
             best = {'epoch': epoch, 'test_acc': test_acc}
+            if val_loader is not None:
+                best['val_pgd_acc'] = metrics['val_pgd_acc']
             best_state = {k: v.detach().cpu().clone() for k, v in model_without_ddp.state_dict().items()}
         outputs.add_epoch(metrics)
         outputs.set_result('best', best)
@@ -272,21 +309,11 @@ def train(model, model_without_ddp, train_loader, test_loader, cfg, ctx, outputs
                                best, is_best)
     if best_state is not None:
         model_without_ddp.load_state_dict(best_state)
+        by = '' if val_loader is None else \
+            f", validation PGD accuracy {100 * best['val_pgd_acc']:.2f}% (selected by it)"
         outputs.log(f"using best.pth: epoch {best['epoch']}, clean test accuracy "
-                    f"{100 * best['test_acc']:.2f}%")
+                    f"{100 * best['test_acc']:.2f}%{by}")
         outputs.set_result('evaluated', f"best.pth (epoch {best['epoch']})")
-
-
-def build_adversary(cfg, log):
-    """``(attack, eps in model units, bounds, gradient path)`` for adversarial training, or None."""
-    if not cfg['DEFAULT']['advtrain']:
-        return None
-    attack = training_attack(cfg['ATTACK']['ft_method'])
-    eps = Normalization.of(cfg['Network']).to_model_units(train_epsilon(cfg))
-    gradient = parse_gradient_path(cfg['ATTACK']['ft_gradient'])
-    log(f"adversarial training: {attack.name} eps={cfg['ATTACK']['train'][0]}, "
-        f"crafted with the {gradient_path_name(gradient)} gradient")
-    return attack, eps, attack_bounds(cfg), gradient
 
 
 def test_epoch(model_without_ddp, test_loader, ctx, outputs, epoch):
