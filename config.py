@@ -10,8 +10,8 @@ import re
 
 import yaml
 
-from layers import (ANN, ConfigError, layer_shapes, network_settings, parse_gradient_path,
-                    read_nds_file, unknown_layer_keys)
+from layers import (ANN, ConfigError, check_nds, layer_shapes, nds_shapes, nds_source,
+                    network_settings, parse_gradient_path, read_nds_file, unknown_layer_keys)
 from layers.gradients import PUBLISHED as PUBLISHED_GRADIENT, gradient_path_name
 from layers.config_keys import get_bool, get_choice, get_number, get_pair, read_fraction, show
 from errors import CodedWarning
@@ -413,18 +413,9 @@ def check_sizes(cfg, settings, plan, in_shape):
 
 def check_nds_file(settings, plan):
     """Every TA-LIF layer (spiking conv/linear but ``output``) must find its NDS, of shape
-    ``out_shape + [T]``, in ``Network.ckpt_v``."""
-    nds = read_nds_file(settings.ckpt_v)
-    for name, kind, out_shape in plan:
-        if kind not in ('conv', 'linear') or name == 'output':
-            continue
-        expected = (*out_shape, settings.n_steps)
-        if name not in nds:
-            raise ConfigError(f"Network.ckpt_v ({settings.ckpt_v}) has no NDS for layer '{name}' "
-                              f"(it has: {show(', '.join(map(str, nds)), 200) or 'nothing'})")
-        if tuple(nds[name].shape) != expected:
-            raise ConfigError(f"Network.ckpt_v ({settings.ckpt_v}): layer '{name}' NDS has shape "
-                              f"{list(nds[name].shape)}, expected {list(expected)}")
+    ``out_shape + [T]``, in ``Network.ckpt_v`` (layers/nds.py, as Network.load_nds)."""
+    check_nds(read_nds_file(settings.ckpt_v), nds_shapes(plan, settings.n_steps),
+              nds_source(settings.ckpt_v))
 
 
 def attack_strengths(cfg):
