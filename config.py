@@ -6,15 +6,15 @@ import copy
 import dataclasses
 import math
 import os
-import re
 
 import yaml
 
-from layers import (ANN, ConfigError, layer_shapes, network_settings, parse_gradient_path,
-                    read_nds_file, unknown_layer_keys)
+from layers import (ANN, ConfigError, check_nds, layer_shapes, nds_shapes, nds_source,
+                    network_settings, parse_gradient_path, read_nds_file, unknown_layer_keys)
 from layers.gradients import PUBLISHED as PUBLISHED_GRADIENT, gradient_path_name
 from layers.config_keys import get_bool, get_choice, get_number, get_pair, read_fraction, show
 from errors import CodedWarning
+from config_yaml import MAX_YAML_DEPTH, ConfigLoader, parse_yaml  # noqa: F401 (re-exported)
 from attack import FT_METHODS  # ATTACK.ft_method: the attacks of usage 'train' (attack.ATTACKS)
 from runtime.paths import PROJECT_ROOT, resolve_input_path
 
@@ -50,7 +50,6 @@ RANDOM_NDS = 'random-nds'
 # Bounds on what a config may ask for: far beyond every published setting, and refused with a
 # one-line error before anything runs (instead of a hang, or an allocation that kills the machine).
 MAX_CONFIG_BYTES = 1 << 20  # a config file is a few kB
-MAX_YAML_DEPTH = 32  # the schema nests 4 deep (section, layer, key, list)
 MAX_EPOCHS = 10_000
 MAX_SAMPLES = 10**9  # a sample count (train_samples, test_samples, batch_size): beyond every data set
 MAX_SEED = 2**63 - 1  # torch seeds are 64-bit; the run adds 1000 * rank and the epoch to it
@@ -65,64 +64,6 @@ MAX_PARAMETERS = 2**30
 # backward): 2**33 float32 are 32 GiB; the published CIFAR100 batch has 3 * 10**8.
 MAX_BATCH_ELEMENTS = 2**33
 
-
-
-class ConfigLoader(yaml.SafeLoader):
-    """PyYAML's safe loader, for config files and ``--set`` values alike, with three changes.
-    Numbers in scientific notation are floats as users write them: ``1e-3``, ``5E4`` (YAML 1.1,
-    which PyYAML follows, wants ``1.0e-3`` and reads ``1e-3`` as a string). Dates stay strings (no
-    key takes one). Aliases (``*name``) are refused and nesting is bounded, so that a small file
-    can never expand into a huge value (the "billion laughs") or recurse without end."""
-
-    yaml_implicit_resolvers = {
-        first: [(tag, regexp) for tag, regexp in resolvers if tag != 'tag:yaml.org,2002:timestamp']
-        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
-
-    def __init__(self, stream):
-        super().__init__(stream)
-        self.depth = 0
-
-    def compose_node(self, parent, index):
-        mark = self.peek_event().start_mark
-        if self.check_event(yaml.AliasEvent):
-            raise yaml.composer.ComposerError(None, None, "aliases (*name) are not supported", mark)
-        if self.depth >= MAX_YAML_DEPTH:
-            raise yaml.composer.ComposerError(
-                None, None, f"nested deeper than {MAX_YAML_DEPTH} levels", mark)
-        self.depth += 1
-        try:
-            return super().compose_node(parent, index)
-        finally:
-            self.depth -= 1
-
-
-# After YAML 1.1's own float pattern (which needs a dot and a signed exponent): the rest of
-# YAML 1.2's, i.e. an exponent after digits with or without a dot.
-ConfigLoader.add_implicit_resolver(
-    'tag:yaml.org,2002:float',
-    re.compile(r'^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$'),
-    list('-+.0123456789'))
-
-
-def parse_yaml(source):
-    """YAML text or bytes -> value, read by ConfigLoader. Any failure is a ConfigError whose
-    message says what is wrong and where (the caller puts the file or flag in front)."""
-    try:
-        return yaml.load(source, Loader=ConfigLoader)  # noqa: S506 -- a SafeLoader subclass
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ''
-        raise ConfigError(f"not valid YAML: {exc.problem or exc.context}{where}") from None
-    except yaml.reader.ReaderError as exc:
-        if exc.encoding:
-            raise ConfigError(f"not {exc.encoding.upper()} text ({exc.reason} at byte "
-                              f"{exc.position})") from None
-        raise ConfigError(f"not valid YAML: character #x{exc.character:04x} at position "
-                          f"{exc.position} is not allowed") from None
-    except (yaml.YAMLError, ValueError, OverflowError, RecursionError) as exc:
-        # e.g. an integer of 5000 digits (beyond int()'s limit)
-        reason = (str(exc).splitlines() or [type(exc).__name__])[0]
-        raise ConfigError(f"not valid YAML: {show(reason, 120)}") from None
 
 
 # The keys that count samples: integers only (1000, not 1000.0 or true), from 1 to MAX_SAMPLES.
@@ -225,9 +166,22 @@ def load_config(path, overrides=()):
 
 
 def resolve(raw):
-    """Fill the defaults and validate every section; returns ``(config, warnings)``."""
-    from datasets import INPUT_SHAPES, N_CLASSES  # deferred: config parsing must not need torchvision eagerly
+    """Fill the defaults and validate every section; returns ``(config, warnings)``. The sections
+    are resolved in this order (DEFAULT, Network, Layers, ATTACK), each by its function, then the
+    checks that span sections; the first error found is the one raised."""
+    cfg, warnings = check_sections(raw)
+    warnings += resolve_default(cfg)
+    settings, more = resolve_network(cfg)
+    warnings += more
+    warnings += resolve_layers(cfg, settings)
+    warnings += resolve_attack(cfg, settings)
+    check_across_sections(cfg)
+    return cfg, warnings
 
+
+def check_sections(raw):
+    """A copy of ``raw`` with every section a mapping (DEFAULT and ATTACK may be absent or null),
+    and the warnings about unknown sections."""
     cfg = copy.deepcopy(raw)
     warnings = [f"unknown section {show(name)} (ignored)" for name in cfg if name not in SECTIONS]
     for section in ('Network', 'Layers'):
@@ -239,20 +193,16 @@ def resolve(raw):
     for section in SECTIONS:
         if not isinstance(cfg[section], dict):
             raise ConfigError(f"section {section} must be a mapping, got {show(cfg[section])}")
+    return cfg, warnings
 
+
+def resolve_default(cfg):
+    """DEFAULT: what the run does, sample counts, seed, dtype, model selection, checkpoint."""
     default = cfg['DEFAULT']
     for key, value in DEFAULT_DEFAULTS.items():
         default.setdefault(key, value)
-    warnings += [f"unknown key DEFAULT.{key} (ignored)" for key in default if key not in DEFAULT_DEFAULTS]
-    for key in ('cleantrain', 'advtrain', 'advtest'):
-        get_bool(default, key, 'DEFAULT')
-    if default['cleantrain'] and default['advtrain']:
-        raise ConfigError("DEFAULT.cleantrain and DEFAULT.advtrain are both true: choose one "
-                          "(advtrain starts from DEFAULT.ckpt when given)")
-    if not (default['cleantrain'] or default['advtrain'] or default['advtest']
-            or cfg['Network'].get('save_target')):
-        raise ConfigError("nothing to do: DEFAULT.cleantrain, advtrain, advtest and "
-                          "Network.save_target are all false")
+    warnings = [f"unknown key DEFAULT.{key} (ignored)" for key in default if key not in DEFAULT_DEFAULTS]
+    check_run_modes(cfg)
     for key in SAMPLE_COUNT_KEYS['DEFAULT']:
         default[key] = get_sample_count(default, key, 'DEFAULT', optional=True)
     get_number(default, 'seed', 'DEFAULT', integer=True, minimum=0, maximum=MAX_SEED)
@@ -264,16 +214,42 @@ def resolve(raw):
         raise ConfigError(f"DEFAULT.val_samples ({default['val_samples']}) must be below "
                           f"DEFAULT.train_samples ({default['train_samples']}): the validation "
                           f"images are held out of the training images")
-    if default['ckpt'] is not None:
-        if not isinstance(default['ckpt'], str) or '\0' in default['ckpt']:
-            raise ConfigError(f"DEFAULT.ckpt must be a file path or null, got {show(default['ckpt'])}")
-        default['ckpt'] = resolve_input_path(default['ckpt'])
-        if not os.path.isfile(default['ckpt']):
-            raise ConfigError(f"DEFAULT.ckpt: checkpoint '{default['ckpt']}' does not exist")
+    resolve_checkpoint(default)
     if default['advtest'] and not default['cleantrain'] and not default['advtrain'] \
             and default['ckpt'] is None:
         warnings.append("DEFAULT.advtest without training or DEFAULT.ckpt evaluates an untrained network")
+    return warnings
 
+
+def check_run_modes(cfg):
+    """DEFAULT.cleantrain, advtrain, advtest (booleans): not both trainings, and something to do
+    (Network.save_target alone records an NDS)."""
+    default = cfg['DEFAULT']
+    for key in ('cleantrain', 'advtrain', 'advtest'):
+        get_bool(default, key, 'DEFAULT')
+    if default['cleantrain'] and default['advtrain']:
+        raise ConfigError("DEFAULT.cleantrain and DEFAULT.advtrain are both true: choose one "
+                          "(advtrain starts from DEFAULT.ckpt when given)")
+    if not (default['cleantrain'] or default['advtrain'] or default['advtest']
+            or cfg['Network'].get('save_target')):
+        raise ConfigError("nothing to do: DEFAULT.cleantrain, advtrain, advtest and "
+                          "Network.save_target are all false")
+
+
+def resolve_checkpoint(default):
+    """DEFAULT.ckpt: null or an existing file, resolved (``paths.resolve_input_path``)."""
+    if default['ckpt'] is None:
+        return
+    if not isinstance(default['ckpt'], str) or '\0' in default['ckpt']:
+        raise ConfigError(f"DEFAULT.ckpt must be a file path or null, got {show(default['ckpt'])}")
+    default['ckpt'] = resolve_input_path(default['ckpt'])
+    if not os.path.isfile(default['ckpt']):
+        raise ConfigError(f"DEFAULT.ckpt: checkpoint '{default['ckpt']}' does not exist")
+
+
+def resolve_network(cfg):
+    """Network: the neuron and training settings (``NetworkSettings``), returned with the
+    warnings, and the data set, which must be a registry entry with ``n_class`` classes."""
     network = cfg['Network']
     # The gradient the training step follows: the published backward (default, SPEC §4) or a BPTT
     # path (layers/bptt.py); validated by NetworkSettings, recorded under its full name
@@ -289,30 +265,43 @@ def resolve(raw):
     get_number(network, 'lr', 'Network', positive=True)
     get_number(network, 'mean', 'Network')
     get_number(network, 'std', 'Network', positive=True, minimum=MIN_STD)
-    dataset = get_choice(network, 'dataset', 'Network', tuple(INPUT_SHAPES))
-    if not isinstance(network.get('data_path'), str) or '\0' in network['data_path']:
-        raise ConfigError(f"Network.data_path must be a directory path, got "
-                          f"{show(network.get('data_path'))}")
+    spec = dataset_spec(network)
     # (epochs 0 trains nothing; its T_max is never used but must still be a valid period)
     # (by the YAML's loss, not settings.loss: the ANN twin, which always trains on cross-entropy,
     # keeps its spiking twin's schedule and threat model)
     network.setdefault('T_max', PUBLISHED_KERNEL_T_MAX if network['loss'] == 'kernel'
                        else max(network['epochs'], 1))
     get_number(network, 'T_max', 'Network', positive=True)
-    if settings.n_class != N_CLASSES[dataset]:
-        raise ConfigError(f"Network.n_class is {settings.n_class} but {dataset} has "
-                          f"{N_CLASSES[dataset]} classes")
-    warnings += [f"unknown key Network.{key} (ignored)" for key in network
-                 if key not in NETWORK_KEYS | PUBLISHED_UNUSED_KEYS]
+    if settings.n_class != spec.n_class:
+        raise ConfigError(f"Network.n_class is {settings.n_class} but {spec.name} has "
+                          f"{spec.n_class} classes")
+    return settings, [f"unknown key Network.{key} (ignored)" for key in network
+                      if key not in NETWORK_KEYS | PUBLISHED_UNUSED_KEYS]
 
-    if len(cfg['Layers']) > MAX_LAYERS:
-        raise ConfigError(f"Layers: {len(cfg['Layers'])} layers, at most {MAX_LAYERS}")
-    for name in cfg['Layers']:
+
+def dataset_spec(network):
+    """Network.dataset (a name in the data-set registry) -> its ``DatasetSpec``; checks
+    Network.data_path too."""
+    from datasets import DATASETS  # deferred: config parsing must not need torchvision eagerly
+    spec = DATASETS[get_choice(network, 'dataset', 'Network', tuple(DATASETS))]
+    if not isinstance(network.get('data_path'), str) or '\0' in network['data_path']:
+        raise ConfigError(f"Network.data_path must be a directory path, got "
+                          f"{show(network.get('data_path'))}")
+    return spec
+
+
+def resolve_layers(cfg, settings):
+    """Layers: valid layers on the data set's images, of a sane size, that suit the neuron (the
+    ANN records no NDS; TA-LIF layers find theirs in Network.ckpt_v). Returns the warnings."""
+    layers = cfg['Layers']
+    if len(layers) > MAX_LAYERS:
+        raise ConfigError(f"Layers: {len(layers)} layers, at most {MAX_LAYERS}")
+    for name in layers:
         if not isinstance(name, str):
             raise ConfigError(f"Layers: layer names are text, got {show(name)}")
-    plan = layer_shapes(cfg['Layers'], INPUT_SHAPES[dataset])
-    check_sizes(cfg, settings, plan, INPUT_SHAPES[dataset])
-    warnings += [f"unknown key {key} (ignored)" for key in unknown_layer_keys(cfg['Layers'])]
+    plan = layer_shapes(layers, input_shape(cfg))
+    check_sizes(cfg, settings, plan, input_shape(cfg))
+    warnings = [f"unknown key {key} (ignored)" for key in unknown_layer_keys(layers)]
     if settings.model == ANN:
         if settings.save_target:
             raise ConfigError("Network.save_target: the ANN (Network.model ANN) has no membrane "
@@ -326,13 +315,19 @@ def resolve(raw):
             warnings.append(CodedWarning(
                 RANDOM_NDS, "Network.model is ALIF but Network.ckpt_v is null: the TA-LIF layers use "
                 "the published random NDS (U(0,1) conv, 0.5 linear), not a recorded one"))
+    return warnings
 
+
+def resolve_attack(cfg, settings):
+    """ATTACK: the test and training strengths, the training attack and its gradient, clamping,
+    the adversarial-training keys. Returns the warnings."""
     attack = cfg['ATTACK']
     attack.setdefault('strength', [])
     attack.setdefault('train', [])
     attack.setdefault('ft_method', 'fgm')
-    attack.setdefault('clamp', network['loss'] == 'softmax')  # the published CIFAR100 code clamped
-    warnings += [f"unknown key ATTACK.{key} (ignored)" for key in attack if key not in ATTACK_KEYS]
+    # the published CIFAR100 code clamped
+    attack.setdefault('clamp', cfg['Network']['loss'] == 'softmax')
+    warnings = [f"unknown key ATTACK.{key} (ignored)" for key in attack if key not in ATTACK_KEYS]
     for key in ('strength', 'train'):
         if not isinstance(attack[key], list):
             raise ConfigError(f"ATTACK.{key} must be a list such as [8/255], got {show(attack[key])}")
@@ -341,26 +336,38 @@ def resolve(raw):
         for index, value in enumerate(attack[key]):
             parse_epsilon(value, f"ATTACK.{key}[{index}]")
     get_choice(attack, 'ft_method', 'ATTACK', FT_METHODS)
-    # The gradient that crafts adversarial training examples: the published backward (default,
-    # SPEC §4) or a BPTT path through membrane, reset and threshold (layers/bptt.py).
+    resolve_ft_gradient(attack, settings)
+    get_bool(attack, 'clamp', 'ATTACK')
+    check_adversarial_training_keys(attack)
+    return warnings
+
+
+def resolve_ft_gradient(attack, settings):
+    """ATTACK.ft_gradient, the gradient that crafts adversarial training examples: the published
+    backward (default, SPEC §4) or a BPTT path through membrane, reset and threshold
+    (layers/bptt.py); the ANN has no spikes, so only the published one."""
     attack.setdefault('ft_gradient', PUBLISHED_GRADIENT)
     try:
-        parse_gradient_path(attack['ft_gradient'])
+        path = parse_gradient_path(attack['ft_gradient'])
     except ValueError as exc:
         raise ConfigError(f"ATTACK.ft_gradient: {exc}") from None
-    if settings.model == ANN and parse_gradient_path(attack['ft_gradient']) is not None:
+    if settings.model == ANN and path is not None:
         raise ConfigError(f"ATTACK.ft_gradient: {show(attack['ft_gradient'])} chooses a spike "
                           f"surrogate, but the ANN has no spikes (its gradient is plain autograd); "
                           f"leave it {PUBLISHED_GRADIENT!r}")
-    get_bool(attack, 'clamp', 'ATTACK')
-    check_adversarial_training_keys(attack)
+
+
+def check_across_sections(cfg):
+    """What DEFAULT asks of ATTACK: adversarial training and robust selection need ATTACK.train.
+    (The other checks that read two sections run with the section that owns the key:
+    check_run_modes, resolve_network's n_class, resolve_layers, resolve_ft_gradient.)"""
+    default, attack = cfg['DEFAULT'], cfg['ATTACK']
     if default['advtrain'] and not attack['train']:
         raise ConfigError("DEFAULT.advtrain needs ATTACK.train, e.g. [2/255]")
     if default['select'] == 'robust' and (default['cleantrain'] or default['advtrain']) \
             and not attack['train']:
         raise ConfigError("DEFAULT.select: robust selects by PGD accuracy at ATTACK.train[0]; set "
                           "ATTACK.train, e.g. [2/255]")
-    return cfg, warnings
 
 
 def check_adversarial_training_keys(attack):
@@ -413,18 +420,9 @@ def check_sizes(cfg, settings, plan, in_shape):
 
 def check_nds_file(settings, plan):
     """Every TA-LIF layer (spiking conv/linear but ``output``) must find its NDS, of shape
-    ``out_shape + [T]``, in ``Network.ckpt_v``."""
-    nds = read_nds_file(settings.ckpt_v)
-    for name, kind, out_shape in plan:
-        if kind not in ('conv', 'linear') or name == 'output':
-            continue
-        expected = (*out_shape, settings.n_steps)
-        if name not in nds:
-            raise ConfigError(f"Network.ckpt_v ({settings.ckpt_v}) has no NDS for layer '{name}' "
-                              f"(it has: {show(', '.join(map(str, nds)), 200) or 'nothing'})")
-        if tuple(nds[name].shape) != expected:
-            raise ConfigError(f"Network.ckpt_v ({settings.ckpt_v}): layer '{name}' NDS has shape "
-                              f"{list(nds[name].shape)}, expected {list(expected)}")
+    ``out_shape + [T]``, in ``Network.ckpt_v`` (layers/nds.py, as Network.load_nds)."""
+    check_nds(read_nds_file(settings.ckpt_v), nds_shapes(plan, settings.n_steps),
+              nds_source(settings.ckpt_v))
 
 
 def attack_strengths(cfg):
@@ -437,8 +435,8 @@ def train_epsilon(cfg):
 
 
 def input_shape(cfg):
-    from datasets import INPUT_SHAPES
-    return INPUT_SHAPES[cfg['Network']['dataset']]
+    from datasets import DATASETS
+    return DATASETS[cfg['Network']['dataset']].input_shape
 
 
 def dump_config(cfg):

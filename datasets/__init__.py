@@ -17,6 +17,7 @@ the file.  No file is unpickled with plain ``pickle`` (datasets/safe_pickle.py).
 Importing this package has no side effects and does not import torchvision.
 """
 import contextlib
+import importlib
 import os
 import socket
 import types
@@ -52,8 +53,7 @@ def build_datasets(name, data_path, train_samples=None, test_samples=None, downl
         if n is not None and n < 1:
             raise ValueError(f'{arg} must be None or a positive number of samples, got {n}')
     data_path = os.fspath(data_path)
-    if name == 'SVHN':
-        _require_scipy()
+    _require_modules(spec)
 
     directory, searched = _locate(spec, data_path)
     download_error = None
@@ -108,11 +108,13 @@ def _remove_new_empty_directories(data_path, existing):
                 pass  # not empty: something was downloaded after all; leave it
 
 
-def _require_scipy():
-    try:
-        import scipy.io  # noqa: F401  (SVHN's .mat files are read with scipy.io.loadmat)
-    except ImportError as error:
-        raise ImportError("SVHN needs scipy to read its .mat files: pip install 'scipy>=1.10'") from error
+def _require_modules(spec):
+    """The optional modules of ``spec.requires`` (e.g. SVHN's scipy.io) must import."""
+    for module, message in spec.requires:
+        try:
+            importlib.import_module(module)
+        except ImportError as error:
+            raise ImportError(message) from error
 
 
 def _locate(spec, data_path):

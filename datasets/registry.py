@@ -40,6 +40,8 @@ class DatasetSpec:
     write_fixture: ``write_fixture(data_path, n_train, n_test, seed=0)`` writes a small data set
         in the real on-disk format that ``build_datasets(name, data_path)`` finds; returns
         {'train': (images, labels), 'test': ...} as numpy arrays (uint8 HW or HWC, int64 labels).
+    requires: ``(module, message)`` pairs: optional modules the reader needs, checked before the
+        files are looked for; the ImportError says ``message`` (what to install).
     """
     name: str
     index: int
@@ -58,6 +60,7 @@ class DatasetSpec:
     reader: Callable
     download: Callable
     write_fixture: Callable
+    requires: Tuple[Tuple[str, str], ...] = ()
 
     @property
     def files(self):
@@ -152,7 +155,8 @@ _SPECS = (
         train_files=('train_32x32.mat',), test_files=('test_32x32.mat',), extra_files=(),
         gzip_ok=False, system_copies=(), source='http://ufldl.stanford.edu/housenumbers/',
         reader=read_svhn, download=functools.partial(_download_splits, 'SVHN'),
-        write_fixture=fixtures.write_svhn),
+        write_fixture=fixtures.write_svhn,
+        requires=(('scipy.io', "SVHN needs scipy to read its .mat files: pip install 'scipy>=1.10'"),)),
 )
 # name -> spec, in -d order (read-only).
 DATASETS = types.MappingProxyType({spec.name: spec for spec in sorted(_SPECS, key=lambda s: s.index)})

@@ -1,6 +1,4 @@
 """The network builder: YAML ``Network`` + ``Layers`` sections -> a spiking network (SPEC §3)."""
-import os
-
 import torch
 import torch.nn as nn
 
@@ -8,6 +6,7 @@ from .config_keys import ConfigError, get_choice, show
 from .conv import ConvLayer, conv_output_shape
 from .dropout import DropoutLayer
 from .linear import LinearLayer, linear_output_shape
+from .nds import check_nds, nds_source, read_nds_file  # noqa: F401 (read_nds_file: re-exported)
 from .neuron import psp
 from .neuron_registry import OUTPUT_NEURON
 from .pooling import PoolingLayer, pooling_output_shape
@@ -137,24 +136,17 @@ class Network(nn.Module):
     @torch.no_grad()
     def load_nds(self, path_or_dict):
         """Load the NDS (``{layer_name: tensor[*out_shape, T]}``) into every TA-LIF layer. A missing
-        file, layer or a shape mismatch is a ConfigError naming ``Network.ckpt_v``."""
-        nds = path_or_dict
-        if not isinstance(nds, dict):
-            nds = read_nds_file(path_or_dict)
-        for layer in self.layers:
-            if getattr(layer, 'target_train', None) is None:
-                continue
-            source = f"Network.ckpt_v ({path_or_dict})" if not isinstance(path_or_dict, dict) \
-                else "the NDS"
-            if layer.name not in nds:
-                raise ConfigError(f"{source} has no NDS for layer '{layer.name}' "
-                                  f"(it has: {', '.join(nds) or 'nothing'})")
-            value = nds[layer.name]
-            if not torch.is_tensor(value) or tuple(value.shape) != tuple(layer.target_train.shape):
-                got = list(value.shape) if torch.is_tensor(value) else type(value).__name__
-                raise ConfigError(f"{source}: layer '{layer.name}' NDS has shape {got}, expected "
-                                  f"{list(layer.target_train.shape)}")
-            layer.target_train.copy_(value)
+        file, layer or a shape mismatch is a ConfigError naming ``Network.ckpt_v``
+        (layers/nds.py, the checks the config loader runs too)."""
+        if isinstance(path_or_dict, dict):
+            nds, source = path_or_dict, "the NDS"
+        else:
+            nds, source = read_nds_file(path_or_dict), nds_source(path_or_dict)
+        targets = {layer.name: layer.target_train for layer in self.layers
+                   if getattr(layer, 'target_train', None) is not None}
+        check_nds(nds, {name: target.shape for name, target in targets.items()}, source)
+        for name, target in targets.items():
+            target.copy_(nds[name])
 
     def load_state_dict(self, state_dict, strict=True, assign=False):
         """Accepts the released layout (keys with ``module.``, from DDP) and the plain one."""
@@ -162,22 +154,3 @@ class Network(nn.Module):
             state_dict = {key[len('module.'):]: value for key, value in state_dict.items()}
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
-
-def read_nds_file(path):
-    """``{layer_name: tensor}`` from an NDS file (tensors only; mapped to the CPU). The path is
-    used as given: the config loader has already resolved it (``paths.resolve_input_path``)."""
-    if not os.path.isfile(path):
-        raise ConfigError(f"Network.ckpt_v: NDS file '{path}' does not exist")
-    if os.path.getsize(path) == 0:
-        raise ConfigError(f"Network.ckpt_v: NDS file '{path}' is empty (0 bytes)")
-    try:
-        nds = torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as exc:  # noqa: BLE001 -- any unreadable file is the same user error
-        detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0]  # EOFError('') too
-        raise ConfigError(f"Network.ckpt_v: cannot read NDS file '{path}': {detail}") from None
-    if not isinstance(nds, dict) or not all(torch.is_tensor(v) for v in nds.values()):
-        raise ConfigError(f"Network.ckpt_v: '{path}' is not a {{layer name: tensor}} NDS file")
-    for name, value in nds.items():
-        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
-            raise ConfigError(f"Network.ckpt_v: NDS file '{path}': layer '{name}' holds NaN/Inf values")
-    return nds
