@@ -14,7 +14,7 @@ from layers import (ANN, ConfigError, check_nds, layer_shapes, nds_shapes, nds_s
 from layers.gradients import PUBLISHED as PUBLISHED_GRADIENT, gradient_path_name
 from layers.config_keys import get_bool, get_choice, get_number, get_pair, read_fraction, show
 from errors import CodedWarning
-from config_yaml import MAX_YAML_DEPTH, ConfigLoader, parse_yaml  # noqa: F401 (re-exported)
+from runtime.config_yaml import MAX_YAML_DEPTH, ConfigLoader, parse_yaml  # noqa: F401 (re-exported)
 from attack import FT_METHODS  # ATTACK.ft_method: the attacks of usage 'train' (attack.ATTACKS)
 from runtime.paths import PROJECT_ROOT, resolve_input_path
 
