@@ -5,7 +5,7 @@ trained for a few hundred steps, then attacked by the quick suite -- through pla
 through two other surrogate sharpnesses supplied as gradient paths.
 
     python examples/evaluate_any_snn.py                      # real Fashion-MNIST, ~1-2 min on 2 CPU cores
-    python examples/evaluate_any_snn.py --random-data --samples 16 --train-steps 0   # smoke (the test)
+    python examples/evaluate_any_snn.py --random-data --samples 8 --train-steps 0 --budget smoke  # the test
 """
 import argparse
 import contextlib
@@ -88,6 +88,8 @@ def data(split, n, random_data):
 
 
 def train(model, images, labels, steps, batch=64):
+    if steps == 0:
+        return
     optimiser = torch.optim.Adam(model.parameters(), lr=1e-3)
     for step in range(steps):
         index = torch.randint(0, len(images), (batch,))
@@ -104,19 +106,24 @@ def main(argv=None):
     parser.add_argument('--suite', default='quick', choices=('published', 'quick', 'full'))
     parser.add_argument('--eps', default='8/255')
     parser.add_argument('--random-data', action='store_true', help='random images (no data set needed)')
+    parser.add_argument('--budget', default='full', choices=('full', 'smoke'),
+                        help='smoke: a tenth of the attack steps (the pipeline runs; not a result)')
     parser.add_argument('--no-sanity-eps', action='store_true', help='skip the 64/255 masking check')
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     model = TinyLIF()
     train(model, *data('train', 5000, args.random_data), args.train_steps)
     images, labels = data('test', args.samples, args.random_data)
+    if args.random_data:  # no true labels: attack the model's own predictions (all clean-correct)
+        with torch.no_grad():
+            labels = model(images).argmax(1)
 
     # --- the README example ---------------------------------------------------------------
     result = robustness.evaluate(
         model, images, labels, eps=args.eps, suite=args.suite,       # images in [0, 1]
         gradient_paths={'sigmoid:1': lambda: surrogate_sharpness(1.0),  # + plain autograd
                         'sigmoid:16': lambda: surrogate_sharpness(16.0)},
-        sanity_eps=not args.no_sanity_eps, log=print)
+        budget=args.budget, sanity_eps=not args.no_sanity_eps, log=print)
     for row in result['rows']:
         print(f"{row['attack']:<18} {row['gradient']:<28} {100 * row['accuracy']:6.2f}%")
     for worst in result['worst_case']:

@@ -28,6 +28,10 @@ Two model conventions:
   ``surrogate_function`` and restores it). The names become rows of the ranking sweep and members
   of the ensemble, like the built-in paths.
 
+Budget: ``budget='smoke'`` divides the steps of every attack but the published ones by 10 (at
+least 2; Square's queries too, the ranking sweep's 10 steps become 3): a check that the pipeline
+runs on a model, in seconds, not a robustness number (its PGD-7/PGD-100 check is then n/a).
+
 Units: ``images`` are what the model takes; ``mean``/``std`` (per channel, or one number) say how
 they relate to pixels in [0, 1] (``image = (pixel - mean) / std``; default 0 and 1: the images are
 pixels). ``eps`` is in pixel units (``8/255``), as in the rest of the project; ``clamp`` keeps
@@ -35,6 +39,7 @@ the perturbed pixels in [0, 1].
 """
 import contextlib
 import dataclasses
+import functools
 import time
 from fractions import Fraction
 
@@ -48,6 +53,7 @@ from robustness.plan import SUITES
 from robustness.report import per_sample_arrays
 from robustness.threats import THREATS, parse_eps
 
+BUDGETS = ('full', 'smoke')
 RESERVED_PREFIXES = ('bptt:', ENSEMBLE, 'best:', 'sharper:', 'partner:')
 
 
@@ -57,6 +63,34 @@ class AdapterSettings:
     n_class: int
     n_steps: int = 1
     loss: str = 'softmax'  # the published attacks ascend the cross-entropy of the scores
+
+
+def smoke_plan(plan):
+    """A :class:`robustness.plan.Plan` with every attack but the published ones at a tenth of its
+    steps (at least 2) and a 3-step ranking sweep."""
+    attacks = tuple(dataclasses.replace(spec, steps=max(2, spec.steps // 10)) for spec in plan.attacks)
+    sweep = dataclasses.replace(plan.sweep, steps=3) if plan.sweep is not None else None
+    return dataclasses.replace(plan, sweep=sweep, attacks=attacks)
+
+
+@contextlib.contextmanager
+def _budget(budget):
+    """Within the block, the suite runner builds its plans at ``budget`` (the plan function of
+    robustness.suite is swapped for the block and restored)."""
+    if budget == 'full':
+        yield
+        return
+    from robustness import suite as suite_module
+    original = suite_module.suite_plan
+
+    @functools.wraps(original)
+    def scaled(*args, **kwargs):
+        return smoke_plan(original(*args, **kwargs))
+    suite_module.suite_plan = scaled
+    try:
+        yield
+    finally:
+        suite_module.suite_plan = original
 
 
 def _time_summed(out, batch):
@@ -157,7 +191,7 @@ def _published_attack(mean, std):
 def evaluate(model, images, labels, eps=Fraction(8, 255), *, suite='quick', threat='per-step',
              clamp=False, mean=0.0, std=1.0, n_class=None, batch_size=64, device=None,
              gradient_paths=None, output=None, reset=None, partner=None, sanity_eps=True,
-             standalone=False, seed=0, log=None, all_reduce=None, all_gather=None, ctx=None,
+             standalone=False, budget='full', seed=0, log=None, all_reduce=None, all_gather=None, ctx=None,
              indices=None):
     """Evaluate ``model`` on ``images`` ``[N, C, H, W]`` (tensor or array) and ``labels`` ``[N]``
     with ``suite`` (``published``, ``quick``, ``full``) at ``eps`` (one ε or a list; pixel units:
@@ -169,7 +203,8 @@ def evaluate(model, images, labels, eps=Fraction(8, 255), *, suite='quick', thre
     either kind, the source of the transfer attacks. ``n_class``: default from one forward pass.
     ``batch_size``: images per attack batch; ``device``: default the model's. ``sanity_eps``: add
     the masking check's run at ε = 64/255. ``standalone``: every attack on every image instead of
-    the cascade. ``seed``: seeds torch's global RNG (random starts) before the run. ``log``: a
+    the cascade. ``budget``: ``'full'`` (the suite as specified) or ``'smoke'`` (a tenth of the
+    steps: a quick check that the pipeline runs, not a result). ``seed``: seeds torch's global RNG (random starts) before the run. ``log``: a
     function taking each progress line (default: silent).
 
     Returns robustness.json's content (``suite``, ``n_samples``, ``clean_accuracy``, ``rows``,
@@ -180,6 +215,8 @@ def evaluate(model, images, labels, eps=Fraction(8, 255), *, suite='quick', thre
     their global ``indices``, and the collective operations of ``runtime.distributed``."""
     if suite not in SUITES:
         raise ValueError(f"suite {suite!r}: choose one of {', '.join(SUITES)}")
+    if budget not in BUDGETS:
+        raise ValueError(f"budget {budget!r}: choose one of {', '.join(BUDGETS)}")
     eps_list = [parse_eps(e, 'eps') for e in (eps if isinstance(eps, (list, tuple)) else [eps])]
     threats = threat.split(',') if isinstance(threat, str) else list(threat)
     threats = [t.strip() for t in threats if t.strip()]
@@ -212,15 +249,16 @@ def evaluate(model, images, labels, eps=Fraction(8, 255), *, suite='quick', thre
     log = log or (lambda message: None)
     start = time.perf_counter()
     try:
-        result, table = run_evaluation(
-            target, images, labels, indices, ctx, suite=suite, eps_list=eps_list, threats=threats,
-            clamps=clamps, mean=mean, std=std, batch_size=batch_size,
-            published_attack=_published_attack(mean, std), partner=partner_model,
-            sanity_eps=sanity_eps, log=log, all_reduce=all_reduce, all_gather=all_gather,
-            standalone=standalone)
+        with _budget(budget):
+            result, table = run_evaluation(
+                target, images, labels, indices, ctx, suite=suite, eps_list=eps_list,
+                threats=threats, clamps=clamps, mean=mean, std=std, batch_size=batch_size,
+                published_attack=_published_attack(mean, std), partner=partner_model,
+                sanity_eps=sanity_eps, log=log, all_reduce=all_reduce, all_gather=all_gather,
+                standalone=standalone)
     finally:
         model.train(was_training)
-    result = {**result, 'threat_models': {'threats': threats, 'clamps': clamps,
+    result = {**result, 'budget': budget, 'threat_models': {'threats': threats, 'clamps': clamps,
                                           'mean': list(mean), 'std': list(std)},
               'model_convention': 'project' if target is model else 'images->scores',
               'gradient_paths': _paths_note(target)}
