@@ -4,7 +4,7 @@ surrogate gradient through a custom autograd Function, T time steps, Fashion-MNI
 trained for a few hundred steps, then attacked by the quick suite -- through plain autograd and
 through two other surrogate sharpnesses supplied as gradient paths.
 
-    python examples/evaluate_any_snn.py                      # real Fashion-MNIST, ~1-2 min on 2 CPU cores
+    python examples/evaluate_any_snn.py                      # real Fashion-MNIST: 2.5 CPU-minutes
     python examples/evaluate_any_snn.py --random-data --samples 8 --train-steps 0 --budget smoke  # the test
 """
 import argparse

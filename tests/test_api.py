@@ -145,3 +145,43 @@ def test_project_network_is_used_as_it_is_and_gets_the_surrogate_sweep():
     with pytest.raises(ValueError, match='custom paths are for other models'):
         adapt(model, 10, gradient_paths={'a': contextlib.nullcontext})
     assert 'bptt:published:5' in gradient_paths_for(model, 'quick')
+
+
+def test_api_gives_evaluate_py_s_rows_for_a_checkpoint(tmp_path_factory, one_thread):
+    """The same checkpoint, images and seed: robustness.evaluate's rows, worst case and per-sample
+    table are evaluate.py's (both run robustness.evaluation.run_evaluation)."""
+    import json
+
+    import evaluate
+    import main
+    from conftest import SMALL_LAYERS, set_flags, write_mnist_dir
+    from config import load_config
+    from datasets import NORMALISATION
+    from runtime.distributed import DistContext
+    from robustness.evaluation import load_samples
+    from training.experiment import build_model
+    root = tmp_path_factory.mktemp('api')
+    mnist_dir = write_mnist_dir(tmp_path_factory, 64, 6)
+    flags = set_flags([f'Network.data_path={mnist_dir}', *SMALL_LAYERS, 'Network.ckpt_v=null',
+                       'Network.batch_size=16', 'Network.model=LIF'])
+    assert main.main(['-d', '0', '--out', str(root / 'run'), *flags, '--set', 'Network.epochs=1',
+                      '--set', 'DEFAULT.advtest=false']) == 0
+    ckpt = str(root / 'run' / 'best.pth')
+    assert evaluate.main(['--ckpt', ckpt, '-d', '0', '--out', str(root / 'eval'), *flags,
+                          '--suite', 'quick', '--eps', '8/255', '--no-sanity-eps']) == 0
+    with open(root / 'eval' / 'robustness.json') as f:
+        written = json.load(f)
+    cfg, _ = load_config(os.path.join(ROOT, 'networks', 'MNIST.yaml'), [
+        f'Network.data_path={mnist_dir}', *SMALL_LAYERS, 'Network.ckpt_v=null',
+        'Network.model=LIF', f'DEFAULT.ckpt={ckpt}'])
+    model = build_model(cfg, ckpt, torch.device('cpu'))
+    images, labels, _ = load_samples(cfg, DistContext())
+    mean, std = NORMALISATION['MNIST']
+    result = robustness.evaluate(model, images, labels, eps='8/255', suite='quick', mean=mean,
+                                 std=std, batch_size=16, sanity_eps=False)
+    key = lambda row: {k: v for k, v in row.items() if k != 'time_s'}
+    assert [key(row) for row in result['rows']] == [key(row) for row in written['rows']]
+    assert result['worst_case'] == written['worst_case']
+    assert result['model_convention'] == 'project'
+    npz = np.load(root / 'eval' / 'per_sample.npz')
+    assert np.array_equal(npz['fooled'], result['per_sample']['fooled'])
