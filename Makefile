@@ -38,7 +38,7 @@ test-fast: $(INSTALLED)
 # also in runs/demo/verdict.md. (b) The pipeline: a short two-process torchrun training run (gloo)
 # on DEMO_TRAIN training images, one epoch, into runs/demo/train. Fashion-MNIST comes from Debian's
 # dataset-fashion-mnist package.
-DEMO_SAMPLES ?= 250
+DEMO_SAMPLES ?= 200
 DEMO_TRAIN ?= 4000
 demo: $(INSTALLED)
 	@test -d $(FASHION_MNIST) || apt-get install -y dataset-fashion-mnist || \

@@ -4,7 +4,7 @@ step, not clamped: the published threat model) -- clean accuracy, the published 
 quick suite's per-sample worst case -- in one table, printed and written to <out>/verdict.md.
 Each model's full report (robustness.json, report.md, per_sample.npz) goes to <out>/<model>/.
 
-    python scripts/demo_verdict.py --samples 250 --out runs/demo
+    python scripts/demo_verdict.py --samples 200 --out runs/demo
 
 The quick suite runs without its 64/255 masking run (time); the zoo card's numbers are the full
 suite's on 1 000 images (checkpoints/fashionmnist/README.md).
@@ -84,7 +84,7 @@ def verdict_table(results, samples, seconds):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('--samples', type=int, default=250, help='the first N test images')
+    parser.add_argument('--samples', type=int, default=200, help='the first N test images')
     parser.add_argument('--out', default='runs/demo')
     args = parser.parse_args(argv)
     ctx = DistContext()
