@@ -34,7 +34,8 @@ runs on a model, in seconds, not a robustness number (its PGD-7/PGD-100 check is
 
 Units: ``images`` are what the model takes; ``mean``/``std`` (per channel, or one number) say how
 they relate to pixels in [0, 1] (``image = (pixel - mean) / std``; default 0 and 1: the images are
-pixels). ``eps`` is in pixel units (``8/255``), as in the rest of the project; ``clamp`` keeps
+pixels; this project's networks take normalised images, so for them mean and std are required:
+``datasets.NORMALISATION[name]``). ``eps`` is in pixel units (``8/255``), as in the rest of the project; ``clamp`` keeps
 the perturbed pixels in [0, 1].
 """
 import contextlib
@@ -189,7 +190,7 @@ def _published_attack(mean, std):
 
 
 def evaluate(model, images, labels, eps=Fraction(8, 255), *, suite='quick', threat='per-step',
-             clamp=False, mean=0.0, std=1.0, n_class=None, batch_size=64, device=None,
+             clamp=False, mean=None, std=None, n_class=None, batch_size=64, device=None,
              gradient_paths=None, output=None, reset=None, partner=None, sanity_eps=True,
              standalone=False, budget='full', seed=0, log=None, all_reduce=None, all_gather=None, ctx=None,
              indices=None):
@@ -240,6 +241,11 @@ def evaluate(model, images, labels, eps=Fraction(8, 255), *, suite='quick', thre
         partner.eval()
         partner_model = adapt(partner, n_class, None, output, reset)
     channels = images.shape[1]
+    if target is model and (mean is None or std is None):
+        raise ValueError("this project's networks take normalised images: pass mean= and std= of "
+                         "the data set (datasets.NORMALISATION[name])")
+    mean = 0.0 if mean is None else mean
+    std = 1.0 if std is None else std
     mean, std = _per_channel(mean, channels, 'mean'), _per_channel(std, channels, 'std')
     if ctx is None:
         ctx = DistContext(device=dev)

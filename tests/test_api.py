@@ -145,6 +145,8 @@ def test_project_network_is_used_as_it_is_and_gets_the_surrogate_sweep():
     with pytest.raises(ValueError, match='custom paths are for other models'):
         adapt(model, 10, gradient_paths={'a': contextlib.nullcontext})
     assert 'bptt:published:5' in gradient_paths_for(model, 'quick')
+    with pytest.raises(ValueError, match='pass mean= and std='):
+        robustness.evaluate(model, torch.rand(2, 1, 28, 28), torch.tensor([0, 1]))
 
 
 def test_api_gives_evaluate_py_s_rows_for_a_checkpoint(tmp_path_factory, one_thread):
