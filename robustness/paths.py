@@ -4,7 +4,10 @@ A path is a name. ``autograd``: plain autograd through the model's forward (a mo
 spiking layers has only this one). ``published``: the spiking layers' published surrogate
 backward (for a spiking model this is what plain autograd does). ``bptt:<shape>:<k>``: the exact
 BPTT gradient of ``layers/bptt.py`` with surrogate ``shape`` at sharpness ``k``.
-``ensemble:<path>+<path>+...``: at every step, the mean of the members' input gradients, each
+A model may also carry its own paths (:func:`custom_gradient_paths`: ``robustness.api`` sets
+them for a network not built from this project's layers): each name is a context-manager factory
+that switches the model's backward (e.g. swaps a SpikingJelly surrogate); within it, plain
+autograd is that path. ``ensemble:<path>+<path>+...``: at every step, the mean of the members' input gradients, each
 normalised per sample (EOT over the backward: the forward is bit-identical under every path, so
 only the gradient is averaged; without the normalisation the sharpest surrogate, whose gradients
 are the largest, would decide alone).
@@ -20,6 +23,13 @@ from robustness.threats import class_scores
 
 AUTOGRAD = 'autograd'
 ENSEMBLE = 'ensemble:'
+CUSTOM_PATHS = 'custom_gradient_paths'  # model attribute: {name: zero-argument context-manager factory}
+
+
+def custom_gradient_paths(model):
+    """The gradient paths ``model`` brings itself (its ``custom_gradient_paths`` attribute, a dict
+    ``{name: factory}``; empty when it has none)."""
+    return dict(getattr(model, CUSTOM_PATHS, None) or {})
 
 
 def is_spiking(model):
@@ -32,7 +42,7 @@ def gradient_paths_for(model, suite):
     full suite's sweep sharpens the surrogate families further (``plan.Sweep``). A model with no
     spiking layers has one path: plain autograd."""
     if not is_spiking(model):
-        return [AUTOGRAD]
+        return [AUTOGRAD] if suite == 'published' else [AUTOGRAD, *custom_gradient_paths(model)]
     if suite == 'published':
         return [PUBLISHED]
     if suite == 'quick':
@@ -68,6 +78,14 @@ def _layer_path(path):
     return None if path in (AUTOGRAD, PUBLISHED) else path
 
 
+def _path_context(model, path):
+    """The context in which plain autograd through ``model`` is gradient path ``path``."""
+    custom = custom_gradient_paths(model)
+    if path in custom:
+        return custom[path]()
+    return use_gradient_path(model, _layer_path(path))
+
+
 class _EnsembleScores(torch.autograd.Function):
     """Class scores whose backward is the mean of the members' normalised input gradients."""
 
@@ -75,7 +93,7 @@ class _EnsembleScores(torch.autograd.Function):
     def forward(ctx, x, model, members):
         ctx.save_for_backward(x)
         ctx.model, ctx.members = model, members
-        with use_gradient_path(model, _layer_path(members[0])):
+        with _path_context(model, members[0]):
             return class_scores(model, x)
 
     @staticmethod
@@ -83,7 +101,7 @@ class _EnsembleScores(torch.autograd.Function):
         (x,) = ctx.saved_tensors
         total = torch.zeros_like(x)
         for member in ctx.members:
-            with torch.enable_grad(), use_gradient_path(ctx.model, _layer_path(member)):
+            with torch.enable_grad(), _path_context(ctx.model, member):
                 leaf = x.detach().requires_grad_(True)
                 (grad,) = torch.autograd.grad(class_scores(ctx.model, leaf), leaf, grad_scores)
             # Per-sample L1 normalisation: every member gets the same say in the direction.
@@ -97,11 +115,12 @@ def scores_through(model, path):
     """Within the block, ``scores(x)`` gives ``model``'s class scores with the input gradient of
     gradient path ``path``. Raises ValueError naming a path ``model`` cannot take."""
     members = ensemble_members(path)
-    if not is_spiking(model) and any(m != AUTOGRAD for m in members):
+    custom = custom_gradient_paths(model)
+    if not is_spiking(model) and any(m != AUTOGRAD and m not in custom for m in members):
         raise ValueError(f"gradient path {path!r}: the model has no spiking layers, "
-                         f"its only path is {AUTOGRAD!r}")
+                         f"its only paths are {', '.join([AUTOGRAD, *custom])}")
     if len(members) > 1:
         yield lambda x: _EnsembleScores.apply(x, model, tuple(members))
         return
-    with use_gradient_path(model, _layer_path(members[0])):
+    with _path_context(model, members[0]):
         yield lambda x: class_scores(model, x)
