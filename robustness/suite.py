@@ -15,9 +15,9 @@ from robustness.attacks import Target, run_attack
 from robustness.losses import LOSSES
 from robustness.paths import scores_through
 from layers.surrogate import SURROGATES
-from robustness.plan import (BEST, ENSEMBLE_BEST, PUBLISHED_LABEL, SHARPER, AttackSpec, family,
-                             next_sharpness, resolve_gradient, row_label, sharpest_per_family,
-                             suite_plan)
+from robustness.plan import (BEST, ENSEMBLE_BEST, FAMILY_BEST, PUBLISHED_LABEL, SHARPER,
+                             AttackSpec, family, next_sharpness, resolve_gradient, row_label,
+                             sharpest_per_family, suite_plan)
 from robustness.threats import class_scores
 from runtime.formatting import eps_text
 
@@ -138,7 +138,7 @@ class Evaluation:
                'restarts': spec.restarts, 'eps': eps_text(eps), 'threat': threat.threat,
                'clamp': threat.clamp, 'accuracy': correct / max(n, 1), 'n_samples': n,
                'scope': 'survivors' if spec.survivors else ('subset' if subset is not None else 'all'),
-               'path_choice': spec.gradient if spec.gradient.startswith((BEST, ENSEMBLE_BEST, SHARPER)) else 'fixed',
+               'path_choice': spec.gradient if spec.gradient.startswith((BEST, ENSEMBLE_BEST, FAMILY_BEST, SHARPER)) else 'fixed',
                'label': PUBLISHED_LABEL if spec.published else 'adaptive',
                'worst_after': still / max(n_all, 1), 'newly_broken': newly,
                'sanity_eps': sanity, 'time_s': round(time.perf_counter() - start, 3)}

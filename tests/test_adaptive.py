@@ -415,6 +415,21 @@ def test_full_plan_takes_the_published_attacks_from_attack_py(data):
     assert not any(s.survivors for s in standalone.attacks if s.attack != 'square')
 
 
+def test_full_plan_attacks_through_sharp_paths_whatever_the_ranking(data):
+    """APGD-CE and APGD-DLR through fast-sigmoid and arctan at 2x, 4x, 8x the default sharpness
+    (k = 5, 10, 20) are fixed rows: a 10-step PGD ranks them too low to be chosen by rank."""
+    full = plan.suite_plan('full', 'per-step', Fraction(8, 255), data[0])
+    for loss, attack in (('ce', 'apgd-ce'), ('dlr', 'apgd-dlr')):
+        grads = {s.gradient for s in full.attacks if s.attack == attack}
+        assert {f'bptt:{shape}:{k}' for shape in ('fast-sigmoid', 'arctan') for k in (5, 10, 20)} <= grads
+        assert 'ensemble:family:best:1' in grads
+    assert max(s.restarts for s in full.attacks if s.attack == 'apgd-ce') >= 5
+    ranked = ['bptt:arctan:10', 'published']
+    assert (plan.resolve_gradient('ensemble:family:best:1', ranked) ==
+            'ensemble:bptt:arctan:5+bptt:arctan:10+bptt:arctan:20')
+    assert plan.resolve_gradient('ensemble:family:best:2', ranked) is None  # published: no family
+
+
 def test_ensemble_gradient_is_the_mean_of_normalised_member_gradients(data):
     model, _, images, labels = data
     x = expand(images[:4])
