@@ -67,7 +67,7 @@ def run_evaluation(model, images, labels, indices, ctx, *, suite, eps_list, thre
     table = gather(evaluation, all_gather)
     rows = evaluation.rows
     worst = worst_case(rows, table)
-    checks = sanity_checks(rows, worst, zero_shares)
+    checks = sanity_checks(rows, worst, zero_shares) + evaluation.checks  # + attack adequacy
     clean, n = evaluation.global_count(int(evaluation.clean_correct.sum()), len(labels))
     result = {'suite': suite, 'n_samples': n, 'clean_accuracy': clean / max(n, 1), 'rows': rows,
               'worst_case': worst, 'sanity': checks,

@@ -6,11 +6,13 @@ for a correct attack) and classified again by the plain model under ``no_grad``:
 *fooled* only if that prediction is wrong. Rows, the worst case and per_sample.npz all come from
 these verified predictions.
 """
+import dataclasses
 import time
 
 import torch
 
 from layers import time_expand
+from robustness.adequacy import adequacy_check, binarization_test
 from robustness.attacks import Target, run_attack
 from robustness.losses import LOSSES
 from robustness.paths import scores_through
@@ -20,6 +22,8 @@ from robustness.plan import (BEST, ENSEMBLE_BEST, FAMILY_BEST, PUBLISHED_LABEL, 
                              sharpest_per_family, suite_plan)
 from robustness.threats import class_scores
 from runtime.formatting import eps_text
+
+ADEQUACY_SAMPLES = 200  # the binarization test's images: the first N of the sample set
 
 
 class Evaluation:
@@ -80,6 +84,8 @@ class Evaluation:
                 done.add(key)
                 self._run_row(spec, gradient, threat, eps, robust, sanity)
             self._log_worst(threat, eps, robust)
+            if eps == largest_eps and not sanity:
+                self._adequacy(plan, ranked, threat, eps)
 
     def _sweep(self, sweep, threat, eps, robust, sanity):
         """Run the ranking sweep; return the swept paths, strongest (lowest accuracy) first."""
@@ -149,6 +155,36 @@ class Evaluation:
                  f"[{row['scope']}; worst {100 * row['worst_after']:.2f}%, +{newly} broken]  "
                  f"({row['time_s']:.0f}s)")
         return row
+
+    def _adequacy(self, plan, ranked, threat, eps):
+        """The binarization test (``adequacy.py``) of the group's strongest attack, at the
+        largest ε of the list (where the suite's lowest numbers are claimed, and where the
+        planted adversarial example lies furthest out, so the most images are applicable), on
+        the first :data:`ADEQUACY_SAMPLES` images of the sample set. The strongest attack: the
+        plan's first APGD-CE row (else its first CE/CW PGD row) through its resolved path --
+        the binarized task has two classes, so DLR losses cannot run on it. Each rank tests its
+        shard; the counts are summed into one check."""
+        spec = next((s for s in plan.attacks if s.attack == 'apgd-ce'), None) or next(
+            (s for s in plan.attacks if s.attack == 'pgd' and s.loss in ('ce', 'cw')), None)
+        gradient = resolve_gradient(spec.gradient, ranked) if spec else None
+        if gradient is None:
+            return  # the published suite: no adaptive attack to test
+        spec = dataclasses.replace(spec, survivors=False)
+        name = row_label({'attack': spec.attack, 'gradient': gradient, 'loss': spec.loss,
+                          'steps': spec.steps, 'restarts': spec.restarts})
+
+        def attack(binarized, x, labels, threat_, eps_):
+            return run_attack(spec, Target(binarized, threat_, eps_, gradient), x, labels)
+
+        chosen = (self.indices < ADEQUACY_SAMPLES).nonzero()[:, 0].to(self.labels.device)
+        x = time_expand(self.images[chosen], self.n_steps)
+        local = binarization_test(self.model, x, self.labels[chosen], threat, eps, attack,
+                                  attack_name=name, batch_size=self.batch_size)
+        n, applicable, broken, trivial = self.global_count(
+            local['n_samples'], local['n_applicable'], local['n_broken'], local['n_trivial'])
+        check = adequacy_check(n, applicable, broken, trivial, threat, eps, name, local['time_s'])
+        self.checks.append(check)
+        self.log(f"  adequacy (binarization test, {check['time_s']:.0f}s): {check['detail']}")
 
     def _log_worst(self, threat, eps, robust):
         correct, n = self.global_count(int(robust.sum()), len(self.labels))
