@@ -14,7 +14,8 @@ from layers import time_expand
 from robustness.checks import SANITY_EPS, gather, sanity_checks, worst_case
 from robustness.paths import gradient_paths_for
 from robustness.plan import SUITES
-from robustness.report import per_sample_arrays, plot_png, report_markdown
+from robustness.plots import plot_png
+from robustness.report import per_sample_arrays, report_markdown
 from robustness.suite import Evaluation
 from robustness.threats import ThreatModel
 from runtime.formatting import eps_text
