@@ -415,6 +415,11 @@ def test_full_plan_takes_the_published_attacks_from_attack_py(data):
     assert not any(s.survivors for s in standalone.attacks if s.attack != 'square')
 
 
+def test_the_attack_table_is_read_only():
+    with pytest.raises(TypeError):
+        attacks.ATTACKS['mine'] = attacks.ATTACKS['pgd']
+
+
 def test_full_plan_attacks_through_sharp_paths_whatever_the_ranking(data):
     """APGD-CE and APGD-DLR through fast-sigmoid and arctan at 2x, 4x, 8x the default sharpness
     (k = 5, 10, 20) are fixed rows: a 10-step PGD ranks them too low to be chosen by rank."""
