@@ -70,9 +70,13 @@ class Sweep:
 
 @dataclasses.dataclass(frozen=True)
 class Plan:
+    """``adequacy_samples``: the binarization test (``adequacy.py``) of the strongest attack
+    runs on the first N images at the largest ε (None: no test). It costs about one attack row
+    on N images, so the quick suite tests fewer."""
     published: tuple = ()
     sweep: Sweep = None
     attacks: tuple = ()
+    adequacy_samples: int = None
 
 
 def row_label(row):
@@ -113,7 +117,7 @@ def suite_plan(suite, threat, eps, model, partner=None, sanity=False, largest=Fa
             attacks += [AttackSpec('pgd', 'best:1', 'ce', 7), AttackSpec('pgd', 'best:1', 'ce', 100)]
         if partner_path and not sanity:
             attacks.append(AttackSpec('transfer-pgd', partner_path, 'ce', 20, survivors=cascade))
-        return Plan(published, sweep, tuple(attacks))
+        return Plan(published, sweep, tuple(attacks), adequacy_samples=100)
     # full: every surrogate shape at three sharpnesses, each family sharpened further while it
     # helps (the sweep); then APGD (AutoAttack's CE and DLR, 100 iterations) on the survivors:
     # through the three strongest paths, the strongest at 2x and 4x its sharpness, the ensemble
@@ -148,7 +152,7 @@ def suite_plan(suite, threat, eps, model, partner=None, sanity=False, largest=Fa
                                       survivors=cascade))
     if largest:  # 5000 queries per surviving image: at the largest eps only (the masking check)
         attacks.append(AttackSpec('square', 'none', 'margin', 5000, survivors=True))
-    return Plan(published, sweep, tuple(attacks))
+    return Plan(published, sweep, tuple(attacks), adequacy_samples=200)
 
 
 def resolve_gradient(gradient, ranked):
