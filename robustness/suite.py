@@ -72,15 +72,13 @@ class Evaluation:
             for spec in plan.published:
                 self._run_row(spec, spec.gradient, threat, eps, robust, sanity)
             ranked = self._sweep(plan.sweep, threat, eps, robust, sanity) if plan.sweep else []
-            restarts_run = {}  # (attack, gradient, loss, steps, survivors) -> most restarts so far
+            done = set()
             for spec in plan.attacks:
                 gradient = resolve_gradient(spec.gradient, ranked)  # once per group: the sweep's
-                key = (spec.attack, gradient, spec.loss, spec.steps, spec.survivors)
-                # A rank beyond the swept paths, or the same attack again with no more restarts
-                # (a fixed sharp path that the sweep also ranked first): nothing new to find.
-                if gradient is None or restarts_run.get(key, 0) >= spec.restarts:
-                    continue
-                restarts_run[key] = spec.restarts
+                key = (spec.attack, gradient, spec.loss, spec.steps, spec.restarts)
+                if gradient is None or key in done:
+                    continue  # a rank beyond the swept paths, or the same attack again
+                done.add(key)
                 self._run_row(spec, gradient, threat, eps, robust, sanity)
             self._log_worst(threat, eps, robust)
             if eps == largest_eps and not sanity and plan.adequacy_samples:
