@@ -314,7 +314,14 @@ def binarization_test(model, images_x, labels, threat, eps, attack, *, attack_na
                 clean = torch.zeros(len(members), dtype=torch.long, device=device)
                 x_adv = attack(binarized, xs, clean, threat, eps)
                 n_broken += int(_succeeded(binarized, threat, xs, x_adv, eps).sum())
-    n = len(images_x)
+    return adequacy_check(len(images_x), n_applicable, n_broken, n_trivial, threat, eps,
+                          attack_name, time.perf_counter() - start, min_share)
+
+
+def adequacy_check(n, n_applicable, n_broken, n_trivial, threat, eps, attack_name, time_s,
+                   min_share=ADEQUACY_MIN_SHARE):
+    """The check dict of a binarization test from its counts (``robustness.suite`` sums the
+    counts of every rank's shard, then calls this once)."""
     share = n_broken / n_applicable if n_applicable else None
     passed = None if share is None else share >= min_share
     setting = (f"eps={eps_text(eps)} ({threat.threat}, clamp={str(threat.clamp).lower()}, "
@@ -333,4 +340,4 @@ def binarization_test(model, images_x, labels, threat, eps, attack, *, attack_na
             'n_applicable': n_applicable, 'n_not_applicable': n - n_applicable,
             'n_broken': n_broken, 'n_trivial': n_trivial, 'eps': eps_text(eps),
             'threat': threat.threat, 'clamp': threat.clamp, 'attack': attack_name,
-            'time_s': round(time.perf_counter() - start, 3)}
+            'time_s': round(time_s, 3)}

@@ -9,6 +9,7 @@ gradient is that of the path, so an ensemble path needs nothing of the attack.
 Adding an attack = one function ``fn(spec, target, x, labels) -> x_adv`` + one ``ATTACKS`` entry.
 """
 import dataclasses
+from types import MappingProxyType
 from typing import Callable
 
 import torch
@@ -205,7 +206,9 @@ def published_names():
     return published.attacks_for('test')
 
 
-ATTACKS = {
+# Read-only: one table for the whole process, which no caller may change under another (a new
+# attack is a new entry here, in the source).
+ATTACKS = MappingProxyType({
     'pgd': _pgd_row,
     'apgd-ce': _torchattacks_row(lambda spec: _apgd('ce')(spec.steps, spec.restarts)),
     'apgd-dlr': _torchattacks_row(lambda spec: _apgd('dlr')(spec.steps, spec.restarts)),
@@ -213,7 +216,7 @@ ATTACKS = {
     'square': _torchattacks_row(lambda spec: _square(spec.steps, spec.restarts)),
     'transfer-pgd': _transfer_row,
     **{PUBLISHED_PREFIX + name: _published_row(name) for name in published_names()},
-}
+})
 
 
 def run_attack(spec, target, x, labels):

@@ -14,7 +14,8 @@ from layers import time_expand
 from robustness.checks import SANITY_EPS, gather, sanity_checks, worst_case
 from robustness.paths import gradient_paths_for
 from robustness.plan import SUITES
-from robustness.report import per_sample_arrays, plot_png, report_markdown
+from robustness.plots import plot_png
+from robustness.report import per_sample_arrays, report_markdown
 from robustness.suite import Evaluation
 from robustness.threats import ThreatModel
 from runtime.formatting import eps_text
@@ -67,7 +68,7 @@ def run_evaluation(model, images, labels, indices, ctx, *, suite, eps_list, thre
     table = gather(evaluation, all_gather)
     rows = evaluation.rows
     worst = worst_case(rows, table)
-    checks = sanity_checks(rows, worst, zero_shares)
+    checks = sanity_checks(rows, worst, zero_shares) + evaluation.checks  # + attack adequacy
     clean, n = evaluation.global_count(int(evaluation.clean_correct.sum()), len(labels))
     result = {'suite': suite, 'n_samples': n, 'clean_accuracy': clean / max(n, 1), 'rows': rows,
               'worst_case': worst, 'sanity': checks,

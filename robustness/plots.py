@@ -16,8 +16,10 @@ draws it. Only matplotlib is optional: without it ``plot_png`` returns None.
 import io
 from fractions import Fraction
 
-SANITY_EPS = Fraction(64, 255)  # adaptive.SANITY_EPS: the masking check's ε, not a curve point
-PUBLISHED_LABEL = 'published attack'
+
+from robustness.checks import SANITY_EPS  # the masking check's ε: not a point of the curve
+from robustness.plan import PUBLISHED_LABEL
+
 FAMILIES = ('published attacks', 'PGD', 'APGD', 'transfer', 'black box', 'other')
 # A sequential colour map per family: one hue per family, its members in shades of it.
 FAMILY_COLOURS = {'published attacks': 'Greys', 'PGD': 'Blues', 'APGD': 'Greens',
@@ -58,7 +60,7 @@ def _series_label(row, gradient):
 def _series(rows):
     """Rows -> ``{label: {'family', 'points': {eps: accuracy}}}``. An attack swept over many
     gradient paths becomes one series, its strongest path at each ε; a path chosen per ε
-    ("strongest path #n so far") is one series across ε, as in adaptive.plot_png."""
+    ("strongest path #n so far") is one series across ε."""
     def key(row):
         return row['attack'], row['loss'], row['steps'], row['restarts']
     paths = {}
@@ -269,6 +271,24 @@ def plot_png(result):
     if not panels:
         axes[0][0].text(0.5, 0.5, 'no rows', ha='center', va='center')
         axes[0][0].set_axis_off()
+    return figure_png(fig)
+
+
+# --- shared with scripts/robustness_table.py ----------------------------------------------------
+
+def finish_accuracy_axes(ax, legend_fontsize):
+    """Axis labels, range, grid and an outside legend of an accuracy-against-ε panel."""
+    ax.set_xlabel('ε × 255 (pixels)')
+    ax.set_ylabel('accuracy (%)')
+    ax.set_ylim(-2, 102)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=legend_fontsize, loc='upper left', bbox_to_anchor=(1.01, 1.0),
+              borderaxespad=0)
+
+
+def figure_png(fig):
+    """The figure as PNG bytes (the caller writes them atomically); the figure is closed."""
+    import matplotlib.pyplot as plt
     buffer = io.BytesIO()
     fig.savefig(buffer, format='png', dpi=110, bbox_inches='tight')
     plt.close(fig)

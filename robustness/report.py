@@ -1,13 +1,12 @@
-"""What an evaluation writes for a reader: row labels, report.md, the per_sample.npz arrays and
-robust_accuracy.png (with the axis and PNG helpers scripts/robustness_table.py shares)."""
-import io
+"""What an evaluation writes for a reader: report.md and the per_sample.npz arrays
+(robust_accuracy.png is ``plots.py``'s)."""
 import json
-from fractions import Fraction
 
 import numpy as np
 
 from robustness.checks import SANITY_MAX_ACCURACY
 from robustness.plan import PUBLISHED_LABEL, row_label
+
 
 def per_sample_arrays(rows, table, worst):
     """The per_sample.npz payload: plain arrays only (loadable with ``allow_pickle=False``)."""
@@ -81,70 +80,3 @@ def report_markdown(result):
         lines.append(f"| {check['check']} | {verdict} | {check['detail']} |")
     lines += ['', result.get('plot_note') or '![robust accuracy against ε](robust_accuracy.png)', '']
     return '\n'.join(lines)
-
-
-def plot_png(result):
-    """robust_accuracy.png as bytes (accuracy against ε per attack and the worst case), or None
-    when matplotlib is not installed."""
-    try:
-        import matplotlib
-        matplotlib.use('Agg')
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return None
-    groups = sorted({(r['threat'], r['clamp']) for r in result['rows']})
-    fig, axes = plt.subplots(1, max(len(groups), 1), figsize=(9 * max(len(groups), 1), 5),
-                             squeeze=False)
-    for ax, (threat, clamp) in zip(axes[0], groups):
-        rows = [r for r in result['rows'] if (r['threat'], r['clamp']) == (threat, clamp)]
-        # A path sweep (more than 3 paths for one attack) is drawn as its strongest path per eps,
-        # and a path chosen per eps ("the strongest so far") as one series across eps.
-        swept = {}
-        for row in rows:
-            if row.get('path_choice', 'fixed') == 'fixed':
-                key = (row['attack'], row['loss'], row['steps'], row['restarts'])
-                swept.setdefault(key, set()).add(row['gradient'])
-        series = {}
-        for row in rows:
-            key = (row['attack'], row['loss'], row['steps'], row['restarts'])
-            if row.get('path_choice', 'fixed') != 'fixed':
-                named = dict(row, gradient=row['path_choice'].replace('best:', 'strongest path #'))
-            elif len(swept.get(key, ())) > 3:
-                named = dict(row, gradient=f"strongest of {len(swept[key])} paths")
-            else:
-                named = row
-            points = series.setdefault(row_label(named), {})
-            eps = float(Fraction(row['eps']))
-            points[eps] = min(points.get(eps, 2.0), row['accuracy'])
-        for name, points in series.items():
-            xs = sorted(points)
-            style = ':' if PUBLISHED_LABEL in name else '-'
-            ax.plot([e * 255 for e in xs], [100 * points[e] for e in xs], style, marker='.',
-                    linewidth=1, alpha=0.8, label=name)
-        worst = sorted((float(Fraction(e['eps'])), e['accuracy']) for e in result['worst_case']
-                       if (e['threat'], e['clamp']) == (threat, clamp))
-        ax.plot([p[0] * 255 for p in worst], [100 * p[1] for p in worst], 'k-', marker='o',
-                linewidth=2.5, label='worst case (all attacks)')
-        ax.set_title(f"{threat}, clamp={str(clamp).lower()}")
-        finish_accuracy_axes(ax, legend_fontsize=6)
-    return figure_png(fig)
-
-
-def finish_accuracy_axes(ax, legend_fontsize):
-    """Axis labels, range, grid and an outside legend of an accuracy-against-ε panel."""
-    ax.set_xlabel('ε × 255 (pixels)')
-    ax.set_ylabel('accuracy (%)')
-    ax.set_ylim(-2, 102)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=legend_fontsize, loc='upper left', bbox_to_anchor=(1.01, 1.0),
-              borderaxespad=0)
-
-
-def figure_png(fig):
-    """The figure as PNG bytes (written atomically by the caller); the figure is closed."""
-    import matplotlib.pyplot as plt
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format='png', dpi=110, bbox_inches='tight')
-    plt.close(fig)
-    return buffer.getvalue()
-

@@ -6,21 +6,22 @@ for a correct attack) and classified again by the plain model under ``no_grad``:
 *fooled* only if that prediction is wrong. Rows, the worst case and per_sample.npz all come from
 these verified predictions.
 """
+import dataclasses
 import time
 
 import torch
 
 from layers import time_expand
+from robustness.adequacy import adequacy_check, binarization_test
 from robustness.attacks import Target, run_attack
 from robustness.losses import LOSSES
 from robustness.paths import scores_through
 from layers.surrogate import SURROGATES
-from robustness.plan import (BEST, ENSEMBLE_BEST, PUBLISHED_LABEL, SHARPER, AttackSpec, family,
-                             next_sharpness, resolve_gradient, row_label, sharpest_per_family,
-                             suite_plan)
+from robustness.plan import (BEST, ENSEMBLE_BEST, FAMILY_BEST, PUBLISHED_LABEL, SHARPER,
+                             AttackSpec, family, next_sharpness, resolve_gradient, row_label,
+                             sharpest_per_family, suite_plan)
 from robustness.threats import class_scores
 from runtime.formatting import eps_text
-
 
 class Evaluation:
     """Runs suites on one process's shard of the sample set and keeps, per row, which of its
@@ -80,6 +81,8 @@ class Evaluation:
                 done.add(key)
                 self._run_row(spec, gradient, threat, eps, robust, sanity)
             self._log_worst(threat, eps, robust)
+            if eps == largest_eps and not sanity and plan.adequacy_samples:
+                self._adequacy(plan, ranked, threat, eps)
 
     def _sweep(self, sweep, threat, eps, robust, sanity):
         """Run the ranking sweep; return the swept paths, strongest (lowest accuracy) first."""
@@ -138,7 +141,7 @@ class Evaluation:
                'restarts': spec.restarts, 'eps': eps_text(eps), 'threat': threat.threat,
                'clamp': threat.clamp, 'accuracy': correct / max(n, 1), 'n_samples': n,
                'scope': 'survivors' if spec.survivors else ('subset' if subset is not None else 'all'),
-               'path_choice': spec.gradient if spec.gradient.startswith((BEST, ENSEMBLE_BEST, SHARPER)) else 'fixed',
+               'path_choice': spec.gradient if spec.gradient.startswith((BEST, ENSEMBLE_BEST, FAMILY_BEST, SHARPER)) else 'fixed',
                'label': PUBLISHED_LABEL if spec.published else 'adaptive',
                'worst_after': still / max(n_all, 1), 'newly_broken': newly,
                'sanity_eps': sanity, 'time_s': round(time.perf_counter() - start, 3)}
@@ -149,6 +152,36 @@ class Evaluation:
                  f"[{row['scope']}; worst {100 * row['worst_after']:.2f}%, +{newly} broken]  "
                  f"({row['time_s']:.0f}s)")
         return row
+
+    def _adequacy(self, plan, ranked, threat, eps):
+        """The binarization test (``adequacy.py``) of the group's strongest attack at the
+        largest ε of the list, on the first ``plan.adequacy_samples`` images. The largest ε,
+        not a fixed one: it is an ε the user asked about, and applicability barely depends on
+        it (hosnn_bptt_ft, 40 images: 23 applicable at 8/255, 22 at 16/255). The strongest attack: the
+        plan's first APGD-CE row (else its first CE/CW PGD row) through its resolved path --
+        the binarized task has two classes, so DLR losses cannot run on it. Each rank tests its
+        shard; the counts are summed into one check."""
+        spec = next((s for s in plan.attacks if s.attack == 'apgd-ce'), None) or next(
+            (s for s in plan.attacks if s.attack == 'pgd' and s.loss in ('ce', 'cw')), None)
+        gradient = resolve_gradient(spec.gradient, ranked) if spec else None
+        if gradient is None:
+            return  # the published suite: no adaptive attack to test
+        spec = dataclasses.replace(spec, survivors=False)
+        name = row_label({'attack': spec.attack, 'gradient': gradient, 'loss': spec.loss,
+                          'steps': spec.steps, 'restarts': spec.restarts})
+
+        def attack(binarized, x, labels, threat_, eps_):
+            return run_attack(spec, Target(binarized, threat_, eps_, gradient), x, labels)
+
+        chosen = (self.indices < plan.adequacy_samples).nonzero()[:, 0].to(self.labels.device)
+        x = time_expand(self.images[chosen], self.n_steps)
+        local = binarization_test(self.model, x, self.labels[chosen], threat, eps, attack,
+                                  attack_name=name, batch_size=self.batch_size)
+        n, applicable, broken, trivial = self.global_count(
+            local['n_samples'], local['n_applicable'], local['n_broken'], local['n_trivial'])
+        check = adequacy_check(n, applicable, broken, trivial, threat, eps, name, local['time_s'])
+        self.checks.append(check)
+        self.log(f"  adequacy (binarization test, {check['time_s']:.0f}s): {check['detail']}")
 
     def _log_worst(self, threat, eps, robust):
         correct, n = self.global_count(int(robust.sum()), len(self.labels))

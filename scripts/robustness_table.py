@@ -16,7 +16,8 @@ from fractions import Fraction
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from robustness.report import PUBLISHED_LABEL, figure_png, finish_accuracy_axes, row_label  # noqa: E402
+from robustness.plan import PUBLISHED_LABEL, row_label  # noqa: E402
+from robustness.plots import figure_png, finish_accuracy_axes  # noqa: E402
 from runtime.checkpoint import atomic_write, atomic_write_text  # noqa: E402
 
 PUBLISHED_PGD = 'published-pgd'
@@ -62,12 +63,29 @@ def worst(result, eps):
     return None
 
 
+def is_cascade(result, eps):
+    """Whether the adaptive attacks at ``eps`` ran as a cascade (each on the images the earlier
+    ones missed; Square always does, so it does not count) rather than ``--standalone``."""
+    return any(r['scope'] == 'survivors' and r['attack'] != 'square'
+               for r in group_rows(result) if r['eps'] == eps)
+
+
 def strongest_single(result, eps):
-    """The adaptive attack with the lowest accuracy of its own (Square's row is a worst case
-    after the others, so it is not a single attack)."""
+    """The adaptive attack with the lowest accuracy of its own, from the rows run on every image
+    (a ``--standalone`` run). None for a cascade: there a row's accuracy is the worst case after
+    it, and the only rows on every image are the sweep and the PGD-7/100 check, so the lowest of
+    them is not the strongest attack."""
+    if is_cascade(result, eps):
+        return None
     rows = [r for r in group_rows(result) if r['eps'] == eps and r['scope'] == 'all'
             and not r['attack'].startswith('published-')]
     return min(rows, key=lambda r: r['accuracy'], default=None)
+
+
+def cascade_breaks(result, eps):
+    """``(label, newly_broken)`` of each cascade row at ``eps`` that broke an image, in run order."""
+    return [(row_label(r), r['newly_broken']) for r in group_rows(result)
+            if r['eps'] == eps and r['scope'] == 'survivors' and r.get('newly_broken')]
 
 
 def sweep_table(results, eps):
@@ -110,9 +128,18 @@ def markdown(results):
                      + ' | '.join(f"**{cell(worst(result, e))}**" for e in eps) + ' |')
     largest = eps[-1]
     lines += ['', f'## The strongest single attacks at {largest}', '',
+              'From `--standalone` runs (every attack on every image). A cascade run (the '
+              'default) has no single-attack accuracies: each attack ran only on the images the '
+              'earlier ones missed, so its row lists how many images each attack broke that all '
+              'earlier ones had missed (`newly_broken`).', '',
               '| model | strongest single attack | its accuracy | attacks that broke the most '
               'images first (worst case) |', '|---|---|---:|---|']
     for title, result in results:
+        if is_cascade(result, largest):
+            breaks = cascade_breaks(result, largest)
+            lines.append(f"| {title} | – (cascade run) | – | "
+                         + (', '.join(f"{name}: +{n}" for name, n in breaks) or 'none') + ' |')
+            continue
         best = strongest_single(result, largest)
         entry = next(e for e in result['worst_case'] if e['eps'] == largest)
         top = sorted(((n, name) for name, n in entry['broken_first'].items() if name != 'clean'),

@@ -254,6 +254,51 @@ def test_worst_case_is_below_every_row_and_matches_the_per_sample_table(data, mo
     assert arrays['fooled'].shape == (len(result['rows']), 12)
 
 
+def adequacy_plan(suite_name, threat, eps, model, **kwargs):
+    Spec = plan.AttackSpec
+    return plan.Plan((), plan.Sweep(('bptt:sigmoid:5', 'bptt:fast-sigmoid:2.5'), steps=3),
+                     (Spec('apgd-dlr', 'best:1', 'dlr', 5, survivors=True),
+                      Spec('apgd-ce', 'best:1', 'ce', 20, survivors=True)), adequacy_samples=12)
+
+
+@pytest.mark.parametrize('attack_works', [True, False])
+def test_attack_adequacy_runs_the_strongest_attack_on_the_binarized_model(data, monkeypatch,
+                                                                          attack_works):
+    """The binarization test runs once per group, at the largest eps, with the plan's APGD-CE
+    row (not its DLR row: two classes) through its ranked path; an attack that returns its input
+    fails it as 'attack inadequate', in the sanity list and in the console."""
+    from robustness.adequacy import BinarizedModel
+    monkeypatch.setattr(suite, 'suite_plan', adequacy_plan)
+    original = suite.run_attack
+    used = []
+
+    def attack(spec, target, x, labels):
+        if isinstance(target.model, BinarizedModel):
+            used.append((spec.attack, spec.loss, target.gradient))
+            if not attack_works:
+                return x
+        return original(spec, target, x, labels)
+    monkeypatch.setattr(suite, 'run_attack', attack)
+    model, network_cfg, images, labels = data
+    logged = []
+    result, _ = evaluation.run_evaluation(
+        model, images, labels, torch.arange(len(labels)), DistContext(), suite='quick',
+        eps_list=[Fraction(8, 255), Fraction(32, 255)], threats=['per-step'], clamps=[False],
+        mean=MEAN, std=STD, batch_size=5, published_attack=None, sanity_eps=False,
+        log=logged.append)
+    checks = [c for c in result['sanity'] if c['check'].startswith('attack adequacy')]
+    assert len(checks) == 1 and checks[0]['eps'] == '32/255' and checks[0]['n_samples'] == 12
+    assert {u[:2] for u in used} == {('apgd-ce', 'ce')}
+    assert {u[2] for u in used} <= {'bptt:sigmoid:5', 'bptt:fast-sigmoid:2.5'}
+    check = checks[0]
+    assert check['n_applicable'] > 0, 'the tiny network must give the test something to check'
+    assert check['passed'] is attack_works
+    assert check['value'] == check['n_broken'] / check['n_applicable']
+    assert check['detail'].endswith('attack inadequate') is not attack_works
+    verdict = 'PASS' if attack_works else 'FAIL'
+    assert any(line.startswith(f'  [{verdict}] attack adequacy') for line in logged)
+
+
 def test_gather_restores_the_sample_order():
     """Two ranks' shards (rank r holds samples r, r + 2, ...) -> one table in sample order."""
     class Shard:
@@ -413,6 +458,26 @@ def test_full_plan_takes_the_published_attacks_from_attack_py(data):
     standalone = plan.suite_plan('full', 'per-step', Fraction(8, 255), model, standalone=True)
     assert standalone.sweep.samples is None
     assert not any(s.survivors for s in standalone.attacks if s.attack != 'square')
+
+
+def test_the_attack_table_is_read_only():
+    with pytest.raises(TypeError):
+        attacks.ATTACKS['mine'] = attacks.ATTACKS['pgd']
+
+
+def test_full_plan_attacks_through_sharp_paths_whatever_the_ranking(data):
+    """APGD-CE and APGD-DLR through fast-sigmoid and arctan at 2x, 4x, 8x the default sharpness
+    (k = 5, 10, 20) are fixed rows: a 10-step PGD ranks them too low to be chosen by rank."""
+    full = plan.suite_plan('full', 'per-step', Fraction(8, 255), data[0])
+    for loss, attack in (('ce', 'apgd-ce'), ('dlr', 'apgd-dlr')):
+        grads = {s.gradient for s in full.attacks if s.attack == attack}
+        assert {f'bptt:{shape}:{k}' for shape in ('fast-sigmoid', 'arctan') for k in (5, 10, 20)} <= grads
+        assert 'ensemble:family:best:1' in grads
+    assert max(s.restarts for s in full.attacks if s.attack == 'apgd-ce') >= 5
+    ranked = ['bptt:arctan:10', 'published']
+    assert (plan.resolve_gradient('ensemble:family:best:1', ranked) ==
+            'ensemble:bptt:arctan:5+bptt:arctan:10+bptt:arctan:20')
+    assert plan.resolve_gradient('ensemble:family:best:2', ranked) is None  # published: no family
 
 
 def test_ensemble_gradient_is_the_mean_of_normalised_member_gradients(data):

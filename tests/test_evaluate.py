@@ -82,11 +82,20 @@ def test_quick_suite_writes_every_file_with_its_keys(trained, tmp_path):
         assert entry['accuracy'] <= min(same)
     assert {(e['eps']) for e in result['worst_case']} == {'8/255', '64/255'}
     for check in result['sanity']:
-        assert set(check) == {'check', 'passed', 'detail'}
+        assert {'check', 'passed', 'detail'} <= set(check)
         assert check['passed'] in (True, False, None) and isinstance(check['detail'], str)
     assert any('zero input gradients' in c['check'] for c in result['sanity'])
+    # The binarization test of the suite's strongest attack, at the largest eps only (not 64/255)
+    adequacy = [c for c in result['sanity'] if c['check'].startswith('attack adequacy')]
+    assert len(adequacy) == 1 and adequacy[0]['eps'] == '8/255'
+    assert adequacy[0]['n_samples'] == 6 and adequacy[0]['threshold'] == 0.95
+    assert adequacy[0]['attack'].startswith('apgd-ce [')  # the quick suite's first APGD-CE row
+    assert adequacy[0]['n_broken'] <= adequacy[0]['n_applicable'] <= 6
+    if adequacy[0]['passed'] is False:
+        assert adequacy[0]['detail'].endswith('attack inadequate')
     report = (out / 'report.md').read_text()
     assert 'published attack' in report and 'Worst case' in report
+    assert 'attack adequacy: binarization test' in report
     arrays = np.load(out / 'per_sample.npz', allow_pickle=False)
     assert arrays['fooled'].shape == (len(result['rows']), 6)
     assert arrays['sample_index'].tolist() == list(range(6))

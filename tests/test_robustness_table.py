@@ -56,6 +56,29 @@ def test_tables(tmp_path):
     assert '64/255' not in text.split('## Sanity')[0]  # the masking-check ε is not tabled
 
 
+def test_a_cascade_run_has_no_strongest_single_attack_but_each_rows_newly_broken(tmp_path):
+    """Under the cascade only the sweep and the PGD-7/100 rows ran on every image: the lowest of
+    them is not the strongest attack, so the table lists what each cascade row broke instead."""
+    res = result((0.8, 0.5), (0.7, 0.4), (0.6, 0.3))
+    for r in res['rows']:
+        if r['attack'] == 'apgd-ce':
+            r.update(scope='survivors', newly_broken=4)
+    res['rows'].append(dict(row('apgd-dlr', '8/255', 0.3, gradient='bptt:arctan:10', loss='dlr',
+                                steps=100), scope='survivors', newly_broken=2))
+    res['rows'].append(dict(row('apgd-ce', '8/255', 0.3, gradient='bptt:arctan:20', loss='ce',
+                                steps=100), scope='survivors', newly_broken=0))
+    os.makedirs(tmp_path / 'lif')
+    (tmp_path / 'lif' / 'robustness.json').write_text(json.dumps(res))
+    done = subprocess.run([sys.executable, os.path.join(ROOT, 'scripts', 'robustness_table.py'),
+                           '--out', str(tmp_path / 'table'), f'LIF={tmp_path / "lif"}'],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    line = next(l for l in (tmp_path / 'table' / 'tables.md').read_text().splitlines()
+                if l.startswith('| LIF | – (cascade run)'))
+    assert line.endswith('apgd-ce [bptt:fast-sigmoid:5, ce, 50x1]: +4, '
+                         'apgd-dlr [bptt:arctan:10, dlr, 100x1]: +2 |')
+
+
 def test_bad_argument_is_one_line(tmp_path):
     done = subprocess.run([sys.executable, os.path.join(ROOT, 'scripts', 'robustness_table.py'),
                            '--out', str(tmp_path), f'LIF={tmp_path / "missing"}'],
