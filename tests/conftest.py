@@ -84,6 +84,17 @@ def mnist_dir(tmp_path_factory):
     return write_mnist_dir(tmp_path_factory, N_TRAIN, N_TEST)
 
 
+# --- Small networks, built directly ----------------------------------------------------------
+
+# Conv + pooling + two linears on 1x8x8 images, 4 classes: the exact-gradient tests' network.
+SMALL_CONV_LAYERS = {
+    'conv_1': {'type': 'conv', 'in_channels': 1, 'out_channels': 3, 'kernel_size': 3,
+               'weight_scale': 3, 'threshold': 1},
+    'pooling_1': {'type': 'pooling', 'kernel_size': 2},
+    'FC_1': {'type': 'linear', 'n_inputs': 27, 'n_outputs': 12, 'weight_scale': 2, 'threshold': 1},
+    'output': {'type': 'linear', 'n_inputs': 12, 'n_outputs': 4, 'weight_scale': 2, 'threshold': 1},
+}
+
 # --- A small TA-LIF network, built directly -------------------------------------------------------
 
 SMALL_ALIF_NETWORK = {'n_steps': 5, 'tau_m': 5, 'tau_s': 3, 'model': 'ALIF', 'tau_v': 10,

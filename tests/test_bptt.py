@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 
+from conftest import SMALL_CONV_LAYERS
 from layers import Network
 from layers.bptt import BpttPath
 from layers.dynamics import ta_lif_adjoint
@@ -37,15 +38,7 @@ def small_network(model, loss='kernel', seed=0):
     network_cfg = {'n_steps': N_STEPS, 'tau_m': TAU_M, 'tau_s': TAU_S, 'model': model,
                    'tau_v': 1.5, 'is_bn': False, 'loss': loss, 'n_class': 4,
                    'save_target': False, 'ckpt_v': None}
-    layers_cfg = {
-        'conv_1': {'type': 'conv', 'in_channels': 1, 'out_channels': 3, 'kernel_size': 3,
-                   'weight_scale': 3, 'threshold': 1},
-        'pooling_1': {'type': 'pooling', 'kernel_size': 2},
-        'FC_1': {'type': 'linear', 'n_inputs': 27, 'n_outputs': 12, 'weight_scale': 2,
-                 'threshold': 1},
-        'output': {'type': 'linear', 'n_inputs': 12, 'n_outputs': 4, 'weight_scale': 2,
-                   'threshold': 1},
-    }
+    layers_cfg = SMALL_CONV_LAYERS
     torch.manual_seed(seed)
     net = Network(network_cfg, layers_cfg, [1, 8, 8]).double()
     gen = torch.Generator().manual_seed(seed + 1)

@@ -9,7 +9,7 @@ import torch
 
 import main
 from config import load_config
-from conftest import ROOT
+from conftest import ROOT, SMALL_CONV_LAYERS
 from layers import Network, compute_loss, use_gradient_path
 from layers.bptt import BpttPath
 from layers.config_keys import ConfigError
@@ -27,15 +27,7 @@ def small_network(model, train_gradient=GRADIENT, seed=0):
     network_cfg = {'n_steps': N_STEPS, 'tau_m': 5.0, 'tau_s': 3.0, 'model': model, 'tau_v': 1.5,
                    'is_bn': False, 'loss': 'kernel', 'n_class': 4, 'save_target': False,
                    'ckpt_v': None, 'train_gradient': train_gradient}
-    layers_cfg = {
-        'conv_1': {'type': 'conv', 'in_channels': 1, 'out_channels': 3, 'kernel_size': 3,
-                   'weight_scale': 3, 'threshold': 1},
-        'pooling_1': {'type': 'pooling', 'kernel_size': 2},
-        'FC_1': {'type': 'linear', 'n_inputs': 27, 'n_outputs': 12, 'weight_scale': 2,
-                 'threshold': 1},
-        'output': {'type': 'linear', 'n_inputs': 12, 'n_outputs': 4, 'weight_scale': 2,
-                   'threshold': 1},
-    }
+    layers_cfg = SMALL_CONV_LAYERS
     torch.manual_seed(seed)
     net = Network(network_cfg, layers_cfg, [1, 8, 8]).double()
     gen = torch.Generator().manual_seed(seed + 1)
