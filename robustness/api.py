@@ -48,7 +48,8 @@ import torch
 import torch.nn as nn
 
 from runtime.distributed import DistContext
-from robustness.evaluation import published_attack_fn, run_evaluation
+from layers import class_scores, time_expand
+from robustness.evaluation import published_attack_fn, run_evaluation, spike_warnings
 from robustness.paths import AUTOGRAD, CUSTOM_PATHS, ENSEMBLE, is_spiking
 from robustness.plan import SUITES
 from robustness.report import per_sample_arrays
@@ -254,6 +255,12 @@ def evaluate(model, images, labels, eps=Fraction(8, 255), *, suite='quick', thre
     torch.manual_seed(seed)
     log = log or (lambda message: None)
     start = time.perf_counter()
+    # A silent output layer or one-class predictions score chance in every row: say so, as
+    # evaluate.py does, instead of returning a table of chance numbers.
+    warnings = (spike_warnings(target, images, ctx, batch_size) if target is model
+                else one_class_warnings(target, images, batch_size))
+    for warning in warnings:
+        log(f"warning: {warning}")
     try:
         with _budget(budget):
             result, table = run_evaluation(
@@ -264,13 +271,27 @@ def evaluate(model, images, labels, eps=Fraction(8, 255), *, suite='quick', thre
                 standalone=standalone)
     finally:
         model.train(was_training)
-    result = {**result, 'budget': budget, 'threat_models': {'threats': threats, 'clamps': clamps,
+    result = {**result, 'warnings': warnings, 'budget': budget, 'threat_models': {'threats': threats, 'clamps': clamps,
                                           'mean': list(mean), 'std': list(std)},
               'model_convention': 'project' if target is model else 'images->scores',
               'gradient_paths': _paths_note(target)}
     result['per_sample'] = per_sample_arrays(result['rows'], table, result['worst_case'])
     result['wall_time_s'] = round(time.perf_counter() - start, 1)
     return result
+
+
+def one_class_warnings(target, images, batch_size):
+    """The warning for an ``images -> scores`` model that predicts one class for every image
+    (such a model has no spiking layers of this project to monitor)."""
+    with torch.no_grad():
+        predictions = torch.cat([
+            class_scores(target, time_expand(images[i:i + batch_size], 1)).argmax(1)
+            for i in range(0, len(images), batch_size)])
+    classes = predictions.unique()
+    if len(predictions) < 2 or len(classes) > 1:
+        return []
+    return [f"robustness.evaluate: every prediction is class {int(classes[0])} on the "
+            f"{len(predictions)} clean images, so the accuracy is chance, not a result"]
 
 
 def _paths_note(target):

@@ -187,3 +187,27 @@ def test_api_gives_evaluate_py_s_rows_for_a_checkpoint(tmp_path_factory, one_thr
     assert result['model_convention'] == 'project'
     npz = np.load(root / 'eval' / 'per_sample.npz')
     assert np.array_equal(npz['fooled'], result['per_sample']['fooled'])
+
+
+class OneClass(nn.Module):
+    """Scores that ignore the image: every prediction is class 2."""
+
+    def forward(self, images):
+        scores = torch.zeros(len(images), 3)
+        scores[:, 2] = 1.0
+        return scores + 0 * images.flatten(1).sum(1, keepdim=True)
+
+
+def test_a_model_that_predicts_one_class_is_warned_about():
+    images, labels = torch.rand(6, 1, 4, 4), torch.tensor([0, 1, 2, 0, 1, 2])
+    lines = []
+    result = robustness.evaluate(OneClass(), images, labels, suite='published', sanity_eps=False,
+                                 log=lines.append)
+    assert any('every prediction is class 2' in w for w in result['warnings'])
+    assert any(line.startswith('warning: ') and 'class 2' in line for line in lines)
+    linear = Linear()
+    images = torch.randn(24, 1, 4, 4, generator=torch.Generator().manual_seed(0)) * 5
+    predictions = linear(images).argmax(1)
+    assert len(predictions.unique()) > 1  # the control below must be a model that discriminates
+    healthy = robustness.evaluate(linear, images, predictions, suite='published', sanity_eps=False)
+    assert healthy['warnings'] == []
