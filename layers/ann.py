@@ -49,7 +49,7 @@ from .config_keys import ConfigError, get_choice, get_number, get_pair
 from .conv import conv_output_shape
 from .linear import linear_output_shape
 from .network import OUTPUT_LAYER, Network, layer_shapes
-from .pooling import pooling_output_shape
+from .pooling import pooling_geometry
 from .settings import MODELS as NEURON_MODELS, NetworkSettings
 
 ANN = 'ANN'
@@ -137,12 +137,9 @@ class AnnLinear(nn.Module):
 class AnnPooling(nn.Module):
     def __init__(self, name, cfg, in_shape):
         super().__init__()
-        where = f"Layers.{name}"
         self.name = name
-        self.out_shape = pooling_output_shape(cfg, in_shape, where)
-        self.kernel = get_pair(cfg, 'kernel_size', where)
-        self.stride = get_pair(cfg, 'stride', where, default=self.kernel)
-        self.padding = get_pair(cfg, 'padding', where, default=0)
+        self.out_shape, self.kernel, self.stride, self.padding = pooling_geometry(
+            cfg, in_shape, f"Layers.{name}")
 
     def forward(self, x, is_train=False):
         # count_include_pad: the zero padding counts, as in the spiking net's padded sum pooling.

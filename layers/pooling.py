@@ -62,6 +62,14 @@ def pooling_output_shape(cfg, in_shape, where):
     return (in_shape[0], *size)
 
 
+def pooling_geometry(cfg, in_shape, where):
+    """``(out_shape, kernel, stride, padding)`` of a pooling layer's keys (stride defaults to the
+    kernel, padding to 0); shared by the spiking layer and the ANN twin's."""
+    kernel = get_pair(cfg, 'kernel_size', where)
+    return (pooling_output_shape(cfg, in_shape, where), kernel,
+            get_pair(cfg, 'stride', where, default=kernel), get_pair(cfg, 'padding', where, default=0))
+
+
 class PoolingLayer(nn.Module):
     """Fixed sum pooling per channel and time step; every weight equals ``theta``. The weight is a
     buffer (saved as ``weight``, shape ``[1, 1, kh, kw, 1]``, never trained). The YAML's
@@ -71,10 +79,7 @@ class PoolingLayer(nn.Module):
         super().__init__()
         where = f"Layers.{name}"
         self.name = name
-        self.out_shape = pooling_output_shape(cfg, in_shape, where)
-        self.kernel = get_pair(cfg, 'kernel_size', where)
-        self.stride = get_pair(cfg, 'stride', where, default=self.kernel)
-        self.padding = get_pair(cfg, 'padding', where, default=0)
+        self.out_shape, self.kernel, self.stride, self.padding = pooling_geometry(cfg, in_shape, where)
         theta = get_number(cfg, 'theta', where, default=DEFAULT_THETA)
         self.register_buffer('weight', torch.full((1, 1, *self.kernel, 1), float(theta)))
 
