@@ -1,4 +1,4 @@
-"""Adaptive robustness evaluation of one checkpoint (robustness/evaluation.py does the work):
+"""Adaptive robustness evaluation of one checkpoint, a thin command line over ``robustness.evaluate``
 
     python evaluate.py --ckpt best.pth -d 3 --suite quick --samples 1000 --out runs/eval
     python evaluate.py --ckpt best.pth -d 3 --suite full --eps 2/255,4/255,8/255 --threat per-step,static
@@ -19,7 +19,7 @@ import copy
 import os
 import sys
 
-from robustness import evaluation, plan
+from robustness import checkpoint_evaluation, plan
 from robustness.threats import THREATS, parse_eps
 from runtime.checkpoint import load_checkpoint
 from config import RANDOM_NDS, ConfigError, apply_overrides, load_config, resolve, sample_count
@@ -139,7 +139,7 @@ def execute(args, prepared, ctx):
     seed_everything(cfg['DEFAULT']['seed'])
     model = build_model(cfg, args.ckpt, ctx.device).eval()
     partner = build_model(partner_cfg, args.partner, ctx.device).eval() if partner_cfg else None
-    evaluation.evaluate_checkpoint(
+    checkpoint_evaluation.evaluate_checkpoint(
         cfg, model, args.ckpt, ctx, suite=args.suite, eps_list=eps_list, threats=threats,
         clamps=clamps, out_dir=out_dir, partner=partner, partner_path=args.partner,
         batch_size=args.batch_size, sanity_eps=not args.no_sanity_eps, log=log,

@@ -7,7 +7,7 @@
        ATTACK.strength, plus two sanity rows: PGD transferred from the partner model (the other
        neuron, same training) and random +-eps sign noise              -> <out>/results.json
        With --suite quick|full, the table adds each model's per-image worst case under
-       robustness/evaluation.py's suite (reports in <out>/<model>/robustness-<suite>/).
+       robustness.evaluate's suite (reports in <out>/<model>/robustness-<suite>/).
 
     torchrun --standalone --nproc_per_node=2 protocol.py -d 3 --out runs/fashionmnist \\
         --lif-epochs 10 --hosnn-epochs 80 --ft-epochs 5
@@ -24,7 +24,7 @@ import os
 import sys
 import time
 
-from robustness import evaluation, plan
+from robustness import checkpoint_evaluation, plan
 from robustness.threats import parse_eps
 from attack import Normalization, attack_bounds, attacks_for, training_attack
 from config import RANDOM_NDS, ConfigError, attack_strengths
@@ -180,7 +180,7 @@ def run_protocol(args, base, warnings, ctx):
     rows, warnings = robustness_table(models, stages, test_loader, attack_strengths(base), ctx,
                                       summary_outputs, ft)
     if args.suite != 'published':
-        rows += evaluation.protocol_rows(
+        rows += checkpoint_evaluation.protocol_rows(
             models, PARTNER, stages, {n: os.path.join(out_dir, n, 'best.pth') for n in MODELS},
             {n: os.path.join(out_dir, n, f"robustness-{args.suite}") for n in MODELS}, args.suite,
             [parse_eps(e) for e in base['ATTACK']['strength']], ctx, summary_outputs.log)

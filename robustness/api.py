@@ -5,7 +5,8 @@
     result['worst_case'][0]['accuracy'], result['sanity'], result['per_sample']['worst_case_robust']
 
 :func:`evaluate` runs the same suite, the same per-sample worst case and the same sanity checks as
-``evaluate.py`` (both call :func:`robustness.evaluation.run_evaluation`) and returns what
+``evaluate.py``, which is a thin command line over it (``robustness.checkpoint_evaluation``:
+the test images of a checkpoint's data set, this function, the output files). It returns what
 ``evaluate.py`` writes to ``robustness.json``, plus ``per_sample`` (``per_sample.npz``'s arrays).
 
 Two model conventions:
@@ -29,8 +30,8 @@ Two model conventions:
   of the ensemble, like the built-in paths.
 
 Budget: ``budget='smoke'`` divides the steps of every attack but the published ones by 10 (at
-least 2; Square's queries too, the ranking sweep's 10 steps become 3): a check that the pipeline
-runs on a model, in seconds, not a robustness number (its PGD-7/PGD-100 check is then n/a).
+least 2; Square's queries too, the ranking sweep's 10 steps become 3; ``plan.smoke_plan``): a
+check that the pipeline runs on a model, in seconds, not a robustness number.
 
 Units: ``images`` are what the model takes; ``mean``/``std`` (per channel, or one number) say how
 they relate to pixels in [0, 1] (``image = (pixel - mean) / std``; default 0 and 1: the images are
@@ -40,7 +41,6 @@ the perturbed pixels in [0, 1].
 """
 import contextlib
 import dataclasses
-import functools
 import time
 from fractions import Fraction
 
@@ -51,11 +51,10 @@ from runtime.distributed import DistContext
 from layers import class_scores, time_expand
 from robustness.evaluation import published_attack_fn, run_evaluation, spike_warnings
 from robustness.paths import AUTOGRAD, CUSTOM_PATHS, ENSEMBLE, is_spiking
-from robustness.plan import SUITES
+from robustness.plan import BUDGETS, SUITES
 from robustness.report import per_sample_arrays
 from robustness.threats import THREATS, parse_eps
 
-BUDGETS = ('full', 'smoke')
 RESERVED_PREFIXES = ('bptt:', ENSEMBLE, 'best:', 'sharper:', 'partner:')
 
 
@@ -65,34 +64,6 @@ class AdapterSettings:
     n_class: int
     n_steps: int = 1
     loss: str = 'softmax'  # the published attacks ascend the cross-entropy of the scores
-
-
-def smoke_plan(plan):
-    """A :class:`robustness.plan.Plan` with every attack but the published ones at a tenth of its
-    steps (at least 2) and a 3-step ranking sweep."""
-    attacks = tuple(dataclasses.replace(spec, steps=max(2, spec.steps // 10)) for spec in plan.attacks)
-    sweep = dataclasses.replace(plan.sweep, steps=3) if plan.sweep is not None else None
-    return dataclasses.replace(plan, sweep=sweep, attacks=attacks)
-
-
-@contextlib.contextmanager
-def _budget(budget):
-    """Within the block, the suite runner builds its plans at ``budget`` (the plan function of
-    robustness.suite is swapped for the block and restored)."""
-    if budget == 'full':
-        yield
-        return
-    from robustness import suite as suite_module
-    original = suite_module.suite_plan
-
-    @functools.wraps(original)
-    def scaled(*args, **kwargs):
-        return smoke_plan(original(*args, **kwargs))
-    suite_module.suite_plan = scaled
-    try:
-        yield
-    finally:
-        suite_module.suite_plan = original
 
 
 def _time_summed(out, batch):
@@ -193,12 +164,12 @@ def _published_attack(mean, std):
 def evaluate(model, images, labels, eps=Fraction(8, 255), *, suite='quick', threat='per-step',
              clamp=False, mean=None, std=None, n_class=None, batch_size=64, device=None,
              gradient_paths=None, output=None, reset=None, partner=None, sanity_eps=True,
-             standalone=False, budget='full', seed=0, log=None, all_reduce=None, all_gather=None, ctx=None,
-             indices=None):
+             standalone=False, budget='full', seed=0, log=None, published_normalization=None,
+             all_reduce=None, all_gather=None, ctx=None, indices=None):
     """Evaluate ``model`` on ``images`` ``[N, C, H, W]`` (tensor or array) and ``labels`` ``[N]``
     with ``suite`` (``published``, ``quick``, ``full``) at ``eps`` (one ε or a list; pixel units:
     ``8/255``, ``'8/255'``, a Fraction) under ``threat`` (``'per-step'``, ``'static'`` or both:
-    ``'per-step,static'`` or a list) and ``clamp`` (False, True or ``'both'``).
+    ``'per-step,static'`` or a list) and ``clamp`` (False, True, ``'both'`` or a list).
 
     ``model``: this project's network, or any module ``images -> scores`` (module docstring:
     ``output``, ``reset`` and ``gradient_paths`` are for those). ``partner``: a second model of
@@ -207,7 +178,9 @@ def evaluate(model, images, labels, eps=Fraction(8, 255), *, suite='quick', thre
     the masking check's run at ε = 64/255. ``standalone``: every attack on every image instead of
     the cascade. ``budget``: ``'full'`` (the suite as specified) or ``'smoke'`` (a tenth of the
     steps: a quick check that the pipeline runs, not a result). ``seed``: seeds torch's global RNG (random starts) before the run. ``log``: a
-    function taking each progress line (default: silent).
+    function taking each progress line (default: silent). ``published_normalization``: the scalar
+    ``(mean, std)`` the published attacks work in (SPEC §6: the YAML's ``Network.mean``/``std``,
+    scalars even for colour data sets; default: ``mean``/``std``).
 
     Returns robustness.json's content (``suite``, ``n_samples``, ``clean_accuracy``, ``rows``,
     ``worst_case``, ``sanity``, ``wall_time_s``, ``threat_models``) and ``per_sample``: per_sample.npz's
@@ -225,7 +198,8 @@ def evaluate(model, images, labels, eps=Fraction(8, 255), *, suite='quick', thre
     for name in threats:
         if name not in THREATS:
             raise ValueError(f"threat {name!r}: choose from {', '.join(THREATS)}")
-    clamps = [False, True] if clamp == 'both' else [bool(clamp)]
+    clamps = ([False, True] if clamp == 'both' else
+              [bool(c) for c in clamp] if isinstance(clamp, (list, tuple)) else [bool(clamp)])
     dev, dtype = _device_dtype(model, device)
     images = torch.as_tensor(images).to(dev, dtype)
     labels = torch.as_tensor(labels).to(dev, torch.int64)
@@ -261,14 +235,14 @@ def evaluate(model, images, labels, eps=Fraction(8, 255), *, suite='quick', thre
                 else one_class_warnings(target, images, batch_size))
     for warning in warnings:
         log(f"warning: {warning}")
+    published = (published_attack_fn(dict(zip(('mean', 'std'), published_normalization)))
+                 if published_normalization is not None else _published_attack(mean, std))
     try:
-        with _budget(budget):
-            result, table = run_evaluation(
-                target, images, labels, indices, ctx, suite=suite, eps_list=eps_list,
-                threats=threats, clamps=clamps, mean=mean, std=std, batch_size=batch_size,
-                published_attack=_published_attack(mean, std), partner=partner_model,
-                sanity_eps=sanity_eps, log=log, all_reduce=all_reduce, all_gather=all_gather,
-                standalone=standalone)
+        result, table = run_evaluation(
+            target, images, labels, indices, ctx, suite=suite, eps_list=eps_list,
+            threats=threats, clamps=clamps, mean=mean, std=std, batch_size=batch_size,
+            published_attack=published, partner=partner_model, sanity_eps=sanity_eps, log=log,
+            all_reduce=all_reduce, all_gather=all_gather, standalone=standalone, budget=budget)
     finally:
         model.train(was_training)
     result = {**result, 'warnings': warnings, 'budget': budget, 'threat_models': {'threats': threats, 'clamps': clamps,

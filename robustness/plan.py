@@ -28,6 +28,9 @@ from robustness.attacks import PUBLISHED_PREFIX, published_names, published_step
 from robustness.paths import AUTOGRAD, ensemble_name, gradient_paths_for, is_spiking, sharpened
 
 SUITES = ('published', 'quick', 'full')
+# 'smoke': every attack but the published ones at a tenth of its steps -- a check that the
+# pipeline runs on a model, in seconds, not a robustness number (robustness.evaluate's budget=).
+BUDGETS = ('full', 'smoke')
 PUBLISHED_LABEL = 'published attack'
 BEST = 'best:'
 ENSEMBLE_BEST = 'ensemble:best:'
@@ -92,12 +95,28 @@ def published_plan():
 
 
 def suite_plan(suite, threat, eps, model, partner=None, sanity=False, largest=False,
-               standalone=False):
+               standalone=False, budget='full'):
     """The :class:`Plan` of ``suite`` at one ε and threat model for ``model`` (``partner``: the
     transfer source or None). ``sanity``: the reduced plan of the 64/255 masking check;
-    ``largest``: this is the largest ε of the list (the long checks run there only)."""
+    ``largest``: this is the largest ε of the list (the long checks run there only);
+    ``budget``: ``'full'``, or ``'smoke'`` (:func:`smoke_plan`)."""
     if suite not in SUITES:
         raise ValueError(f"suite {suite!r}: choose one of {', '.join(SUITES)}")
+    if budget not in BUDGETS:
+        raise ValueError(f"budget {budget!r}: choose one of {', '.join(BUDGETS)}")
+    plan = _suite_plan(suite, threat, eps, model, partner, sanity, largest, standalone)
+    return smoke_plan(plan) if budget == 'smoke' else plan
+
+
+def smoke_plan(plan):
+    """``plan`` with every attack but the published ones at a tenth of its steps (at least 2;
+    Square's queries too) and a 3-step ranking sweep."""
+    attacks = tuple(dataclasses.replace(spec, steps=max(2, spec.steps // 10)) for spec in plan.attacks)
+    sweep = dataclasses.replace(plan.sweep, steps=3) if plan.sweep is not None else None
+    return dataclasses.replace(plan, sweep=sweep, attacks=attacks)
+
+
+def _suite_plan(suite, threat, eps, model, partner, sanity, largest, standalone):
     published = published_plan() if threat == 'per-step' else ()  # they perturb every time step
     if suite == 'published':
         return Plan(published)

@@ -28,9 +28,10 @@ class Evaluation:
     images were fooled (1), not fooled (0) or not attacked (-1)."""
 
     def __init__(self, model, images, labels, indices, ctx, batch_size, published_attack,
-                 partner=None, log=print, all_reduce=None, standalone=False):
+                 partner=None, log=print, all_reduce=None, standalone=False, budget='full'):
         self.model, self.partner = model, partner
         self.standalone = standalone  # every attack on every image (else: the cascade)
+        self.budget = budget  # plan.BUDGETS
         self.images, self.labels = images, labels  # on the model's device
         self.indices = indices.cpu()  # per-sample bookkeeping stays on the CPU
         self.ctx, self.batch_size = ctx, batch_size
@@ -68,7 +69,8 @@ class Evaluation:
             robust = self.clean_correct.clone()  # robust to every attack so far (this group)
             plan = suite_plan(suite, threat.threat, eps, self.model,
                               partner=self.partner if partner else None, sanity=sanity,
-                              largest=eps == largest_eps, standalone=self.standalone)
+                              largest=eps == largest_eps, standalone=self.standalone,
+                              budget=self.budget)
             for spec in plan.published:
                 self._run_row(spec, spec.gradient, threat, eps, robust, sanity)
             ranked = self._sweep(plan.sweep, threat, eps, robust, sanity) if plan.sweep else []

@@ -18,7 +18,7 @@ from fractions import Fraction
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from robustness import evaluation  # noqa: E402
+from robustness import checkpoint_evaluation  # noqa: E402
 from runtime.checkpoint import atomic_write_text  # noqa: E402
 from runtime.distributed import DistContext  # noqa: E402
 from runtime.rng import seed_everything  # noqa: E402
@@ -41,7 +41,7 @@ def evaluate_zoo_model(name, samples, out, ctx):
     cfg, _, _, _ = config_for_checkpoint(args, config_from_args)  # the neuron type from the file
     seed_everything(cfg['DEFAULT']['seed'])
     model = build_model(cfg, ckpt, ctx.device).eval()
-    return evaluation.evaluate_checkpoint(
+    return checkpoint_evaluation.evaluate_checkpoint(
         cfg, model, ckpt, ctx, suite='quick', eps_list=[EPS], threats=['per-step'],
         clamps=[bool(cfg['ATTACK']['clamp'])], out_dir=os.path.join(out, name),
         sanity_eps=False, log=lambda message: None)

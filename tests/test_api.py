@@ -160,7 +160,7 @@ def test_api_gives_evaluate_py_s_rows_for_a_checkpoint(tmp_path_factory, one_thr
     from config import load_config
     from datasets import NORMALISATION
     from runtime.distributed import DistContext
-    from robustness.evaluation import load_samples
+    from robustness.checkpoint_evaluation import load_samples
     from training.experiment import build_model
     root = tmp_path_factory.mktemp('api')
     mnist_dir = write_mnist_dir(tmp_path_factory, 64, 6)
