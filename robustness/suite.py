@@ -114,6 +114,8 @@ class Evaluation:
         """One row: ``spec`` through ``gradient`` on the clean-correct images (``subset``: of
         those only the marked ones; ``spec.survivors``: only those no earlier row broke)."""
         start = time.perf_counter()
+        if subset is None and spec.samples is not None:
+            subset = self.indices < spec.samples  # the first N images of the whole sample set
         fooled = (~self.clean_correct).to(torch.int8)
         targets = robust if spec.survivors else self.clean_correct
         if subset is not None:
@@ -132,11 +134,11 @@ class Evaluation:
             fooled[batch] = wrong.to(torch.int8)
         before = int(robust.sum())
         robust &= fooled != 1
-        if spec.survivors:
-            not_fooled = int(robust.sum())  # the row of a survivors-only attack: the worst case after it
+        if spec.survivors:  # the row of a survivors-only attack: the worst case after it
+            not_fooled, attacked = int(robust.sum()), len(self.labels)
         else:
             not_fooled = int((fooled == 0).sum())
-        attacked = len(self.labels) if subset is None else int(subset.sum())
+            attacked = len(self.labels) if subset is None else int(subset.sum())
         correct, n, still, newly, n_all = self.global_count(
             not_fooled, attacked, int(robust.sum()), before - int(robust.sum()), len(self.labels))
         row = {'attack': spec.attack, 'gradient': gradient, 'loss': spec.loss, 'steps': spec.steps,
@@ -160,12 +162,13 @@ class Evaluation:
         largest ε of the list, on the first ``plan.adequacy_samples`` images. The largest ε,
         not a fixed one: it is an ε the user asked about, and applicability barely depends on
         it (hosnn_bptt_ft, 40 images: 23 applicable at 8/255, 22 at 16/255). The strongest attack: the
-        plan's first APGD-CE row (else its first CE/CW PGD row) through its resolved path --
+        plan's first APGD-CE row whose path exists (else its first CE/CW PGD row) through its resolved path --
         the binarized task has two classes, so DLR losses cannot run on it. Each rank tests its
         shard; the counts are summed into one check."""
-        spec = next((s for s in plan.attacks if s.attack == 'apgd-ce'), None) or next(
-            (s for s in plan.attacks if s.attack == 'pgd' and s.loss in ('ce', 'cw')), None)
-        gradient = resolve_gradient(spec.gradient, ranked) if spec else None
+        candidates = [s for s in plan.attacks if s.attack == 'apgd-ce'] + [
+            s for s in plan.attacks if s.attack == 'pgd' and s.loss in ('ce', 'cw')]
+        spec, gradient = next(((s, resolve_gradient(s.gradient, ranked)) for s in candidates
+                               if resolve_gradient(s.gradient, ranked) is not None), (None, None))
         if gradient is None:
             return  # the published suite: no adaptive attack to test
         spec = dataclasses.replace(spec, survivors=False)

@@ -453,7 +453,8 @@ def test_full_plan_takes_the_published_attacks_from_attack_py(data):
     assert full.sweep.samples and full.sweep.sharpen_to >= 8
     ranks = {s.gradient for s in full.attacks if s.attack == 'apgd-ce'}
     assert {'best:1', 'best:2', 'best:3'} <= ranks and any(r.startswith('ensemble:') for r in ranks)
-    assert all(s.steps >= 100 for s in full.attacks if s.attack.startswith('apgd-') and s.attack != 'apgd-t')
+    assert all(s.steps >= 100 for s in full.attacks if s.attack in ('apgd-ce', 'apgd-dlr')
+               and not s.gradient.startswith('ensemble:'))
     assert all(s.survivors for s in full.attacks if s.attack.startswith('apgd'))
     standalone = plan.suite_plan('full', 'per-step', Fraction(8, 255), model, standalone=True)
     assert standalone.sweep.samples is None
@@ -466,18 +467,41 @@ def test_the_attack_table_is_read_only():
 
 
 def test_full_plan_attacks_through_sharp_paths_whatever_the_ranking(data):
-    """APGD-CE and APGD-DLR through fast-sigmoid and arctan at 2x, 4x, 8x the default sharpness
-    (k = 5, 10, 20) are fixed rows: a 10-step PGD ranks them too low to be chosen by rank."""
-    full = plan.suite_plan('full', 'per-step', Fraction(8, 255), data[0])
-    for loss, attack in (('ce', 'apgd-ce'), ('dlr', 'apgd-dlr')):
-        grads = {s.gradient for s in full.attacks if s.attack == attack}
-        assert {f'bptt:{shape}:{k}' for shape in ('fast-sigmoid', 'arctan') for k in (5, 10, 20)} <= grads
-        assert 'ensemble:family:best:1' in grads
-    assert max(s.restarts for s in full.attacks if s.attack == 'apgd-ce') >= 5
+    """APGD-CE through fast-sigmoid and arctan at k = 10 are fixed rows (a 10-step PGD ranks
+    sharp surrogates too low to be chosen by rank), beside the strongest path at 2x its sharpness
+    and the ensemble of its family at 2x, 4x, 8x, with a restart; the masking checks' rows run
+    on the first images only."""
+    full = plan.suite_plan('full', 'per-step', Fraction(8, 255), data[0], largest=True)
+    grads = {s.gradient for s in full.attacks if s.attack == 'apgd-ce'}
+    assert {'bptt:fast-sigmoid:10', 'bptt:arctan:10', 'sharper:2:best:1',
+            'ensemble:family:best:1'} <= grads
+    assert max(s.restarts for s in full.attacks if s.attack == 'apgd-dlr') >= 2
+    subset_rows = {(s.attack, s.steps): s.samples for s in full.attacks if s.samples}
+    assert subset_rows == {('pgd', 7): plan.CHECK_SAMPLES, ('pgd', 100): plan.CHECK_SAMPLES,
+                           ('square', 5000): plan.SQUARE_SAMPLES}
     ranked = ['bptt:arctan:10', 'published']
     assert (plan.resolve_gradient('ensemble:family:best:1', ranked) ==
             'ensemble:bptt:arctan:5+bptt:arctan:10+bptt:arctan:20')
     assert plan.resolve_gradient('ensemble:family:best:2', ranked) is None  # published: no family
+
+
+def test_rows_on_the_first_images_attack_only_those(data, monkeypatch):
+    """``AttackSpec.samples``: a standalone row attacks the first N images and reports its
+    accuracy over them; a survivors row on the first N still reports the worst case over all."""
+    Spec = plan.AttackSpec
+
+    def subset_plan(suite_name, threat, eps, model, **kwargs):
+        return plan.Plan((), plan.Sweep(('published',), steps=2),
+                         (Spec('pgd', 'best:1', 'ce', 3, samples=6),
+                          Spec('pgd', 'best:1', 'cw', 3, survivors=True, samples=4)))
+    monkeypatch.setattr(suite, 'suite_plan', subset_plan)
+    result, table = run_small(data, eps_list=(Fraction(16, 255),))
+    n = len(data[3])
+    standalone, survivors = result['rows'][1], result['rows'][2]
+    assert standalone['scope'] == 'subset' and standalone['n_samples'] == 6
+    assert (table['fooled'][1][6:] == -1).all() and (table['fooled'][2][4:] == -1).all()
+    assert survivors['scope'] == 'survivors' and survivors['n_samples'] == n
+    assert 0 <= survivors['accuracy'] == survivors['worst_after'] <= 1
 
 
 def test_ensemble_gradient_is_the_mean_of_normalised_member_gradients(data):
