@@ -477,7 +477,7 @@ def test_full_plan_attacks_through_sharp_paths_whatever_the_ranking(data):
             'ensemble:family:best:1'} <= grads
     assert max(s.restarts for s in full.attacks if s.attack == 'apgd-dlr') >= 2
     subset_rows = {(s.attack, s.steps): s.samples for s in full.attacks if s.samples}
-    assert subset_rows == {('pgd', 7): plan.CHECK_SAMPLES, ('pgd', 100): plan.CHECK_SAMPLES,
+    assert subset_rows == {('pgd', 7): plan.CHECK_SAMPLES['full'], ('pgd', 100): plan.CHECK_SAMPLES['full'],
                            ('square', 5000): plan.SQUARE_SAMPLES}
     ranked = ['bptt:arctan:10', 'published']
     assert (plan.resolve_gradient('ensemble:family:best:1', ranked) ==
