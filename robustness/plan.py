@@ -136,8 +136,8 @@ def _suite_plan(suite, threat, eps, model, partner, sanity, largest, standalone)
         sweep = Sweep(tuple(gradient_paths_for(model, 'quick')), steps=10,
                       samples=None if standalone else 100, sharpen_to=8)
         attacks = [AttackSpec('apgd-ce', 'best:1', 'ce', 50, survivors=cascade),
-                   AttackSpec('apgd-ce', 'ensemble:best:2', 'ce', 30, survivors=cascade),
-                   AttackSpec('apgd-dlr', 'best:1', 'dlr', 50, survivors=cascade),
+                   AttackSpec('apgd-ce', 'ensemble:best:2', 'ce', 20, survivors=cascade),
+                   AttackSpec('apgd-dlr', 'best:1', 'dlr', 40, survivors=cascade),
                    AttackSpec('pgd', 'best:2', 'cw', 20, survivors=cascade)]
         if largest and not sanity:  # the PGD-7/PGD-100 check compares standalone accuracies
             attacks += [AttackSpec('pgd', 'best:1', 'ce', 7, samples=CHECK_SAMPLES['quick']),
