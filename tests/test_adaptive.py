@@ -427,6 +427,12 @@ def test_resolve_gradient_and_sharpening_rules():
                                      'bptt:arctan:2.5']) == ['bptt:arctan:5']
 
 
+def test_ties_in_the_ranking_put_the_sharper_path_first():
+    assert suite.sharpness('bptt:fast-sigmoid:10') == 10.0 and suite.sharpness('published') == 0.0
+    accuracy = {'published': 0.6, 'bptt:fast-sigmoid:5': 0.63, 'bptt:fast-sigmoid:10': 0.63}
+    assert suite.rank_paths(accuracy) == ['published', 'bptt:fast-sigmoid:10', 'bptt:fast-sigmoid:5']
+
+
 def test_the_sweep_sharpens_each_family_while_it_helps(data, monkeypatch):
     """Sharper paths are tried (k doubled) until two in a row were weaker than the family's best,
     up to the cap."""
