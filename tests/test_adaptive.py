@@ -398,7 +398,7 @@ def test_ranking_is_resolved_once_from_the_sweep_and_no_row_repeats(data, monkey
     rows = result['rows']
     swept = {r['gradient']: r['accuracy'] for r in rows[:3]}
     assert list(swept) == list(sweep_paths) and all(r['scope'] == 'all' for r in rows[:3])
-    ranked = sorted(swept, key=swept.get)
+    ranked = suite.rank_paths(swept)  # ties: the sharper path first
     apgd = [r['gradient'] for r in rows if r['attack'] == 'apgd-ce']
     assert apgd == [ranked[0], ranked[1], f"ensemble:{ranked[0]}+{ranked[1]}"]
     cw = [r['gradient'] for r in rows if r['loss'] == 'cw']
