@@ -53,7 +53,7 @@ def test_example_runs_the_quick_suite_through_the_user_paths(capsys, one_thread)
     assert np.array_equal(arrays['labels'], arrays['labels'].astype(np.int64))
     assert any(check['check'].startswith('worst case <= 1%') for check in result['sanity'])
     assert result['budget'] == 'smoke'
-    assert {row['steps'] for row in result['rows'] if row['label'] != 'published attack'} <= {2, 3, 5, 10}
+    assert {row['steps'] for row in result['rows'] if row['label'] != 'published attack'} <= {2, 3, 4, 5, 10}
     assert 'worst case at eps=8/255' in capsys.readouterr().out
 
 
