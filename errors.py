@@ -12,6 +12,9 @@ class UserError(Exception):
     wrong; the command lines (training.cli.run_cli) print it without a traceback and exit with
     ``exit_status``."""
     exit_status = 2
+    # True when every rank raises it at the same point (an agreed error): the ranks can then
+    # meet at a barrier before they tear the process group down, as a run that ends well does.
+    on_every_rank = False
 
 
 class CodedWarning(str):

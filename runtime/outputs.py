@@ -92,7 +92,9 @@ class RunOutputs:
             return
         failure = all_gather_object(self.ctx, self.failure)[0]
         if failure is not None:
-            raise OutputWriteError(failure if self.active else f"{failure} (on rank 0)")
+            error = OutputWriteError(failure if self.active else f"{failure} (on rank 0)")
+            error.on_every_rank = True
+            raise error
 
     @property
     def writer(self):

@@ -57,6 +57,10 @@ def run_cli(args, prepare, execute):
         execute(args, prepared, ctx)
         wait_for_all_ranks(ctx)
     except UserError as exc:
+        if exc.on_every_rank:
+            # Without the barrier one rank may destroy the process group while the other still
+            # talks to it, and gloo aborts the first (exit -6 instead of 2, seen under load).
+            wait_for_all_ranks(ctx)
         return report(exc)
     finally:
         cleanup_distributed()
