@@ -7,10 +7,11 @@
 Writes robustness.json, per_sample.npz, report.md and robust_accuracy.png into --out. Suites
 (robustness/plan.py): ``published`` (the published FGSM/R-FGSM/PGD/BIM only); ``quick`` (a PGD-CE
 sweep through the published backward and two exact-BPTT surrogates, each sharpened while it
-helps, on 100 images; APGD-CE/DLR through the strongest path and an ensemble of the three
-strongest); ``full`` (the sweep over six surrogate shapes on 200 images, APGD-CE/DLR with 100
-iterations through the three strongest paths and their ensemble, APGD-T, CW, PGD-7 vs PGD-100,
-transfer, Square with 5000 queries). The expensive attacks run only on the images no earlier
+helps, on 100 images; APGD-CE/DLR through the strongest path and APGD-CE on the ensemble of the
+two strongest); ``full`` (the sweep over six surrogate shapes on 150 images; APGD-CE-100 through
+the strongest path at 2x and 4x its sharpness, the three strongest, fast-sigmoid and arctan at
+k = 10 and the strongest family's ensemble; APGD-DLR, CW, transfer; PGD-7 vs PGD-100 and Square
+with 5000 queries on the first images). The expensive attacks run only on the images no earlier
 attack broke (AutoAttack's cascade) unless --standalone. Every suite adds a sanity run at
 eps = 64/255 and the checks of report.md.
 """
