@@ -72,3 +72,31 @@ def test_clean_accuracy_reproduces_the_card(row, tmp_path):
         (clean,) = json.load(f)['robustness']
     assert clean['n_samples'] == 10000
     assert f"{100 * clean['accuracy']:.2f}" == row['clean']
+
+
+WORST_CELL = re.compile(r'\| \*\*(?P<worst>[\d.]+)\*\* \(old suite: [\d.]+\*?\) \|')
+RESULTS = os.path.join(ROOT, 'results', 'fashionmnist', 'adaptive_full_v2')
+
+
+def test_worst_case_column_is_the_committed_full_suite_result():
+    """Each card's worst case at 8/255 is the full suite's result committed beside it: 1 000
+    images, per-step, not clamped, every sanity check passed."""
+    with open(os.path.join(ZOO, 'README.md')) as f:
+        lines = [line for line in f if CARD_ROW.match(line)]
+    checked = 0
+    for line in lines:
+        name = CARD_ROW.match(line)['file'][:-len('.pth')]
+        cell = WORST_CELL.search(line)
+        path = os.path.join(RESULTS, name, 'robustness.json')
+        if cell is None:
+            assert not os.path.exists(path), f"{name}: the card does not show {path}"
+            continue
+        with open(path) as f:
+            result = json.load(f)
+        assert result['suite'] == 'full' and result['n_samples'] == 1000
+        [entry] = [e for e in result['worst_case'] if e['eps'] == '8/255']
+        assert entry['threat'] == 'per-step' and entry['clamp'] is False
+        assert f"{100 * entry['accuracy']:.1f}" == cell['worst'], name
+        assert all(check['passed'] is not False for check in result['sanity']), name
+        checked += 1
+    assert checked >= 6
