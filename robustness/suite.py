@@ -23,6 +23,7 @@ from robustness.plan import (BEST, ENSEMBLE_BEST, FAMILY_BEST, PUBLISHED_LABEL, 
 from robustness.threats import class_scores
 from runtime.formatting import eps_text
 
+
 def rank_paths(accuracy):
     """The swept paths (``accuracy``: path -> the sweep's accuracy), strongest first. Of two
     paths a 10-step PGD finds equally strong, the sharper goes first (:func:`sharpness`)."""
@@ -31,10 +32,9 @@ def rank_paths(accuracy):
 
 def sharpness(path):
     """A swept path's sharpness (0 for the published backward and autograd): the ranking's
-    tie-break. The sharper path goes first, because
-    APGD-100 is strongest through a sharper surrogate than PGD-10 ranks first (lif_bptt_ft: a tie
-    at 63% between fast-sigmoid k = 5 and 10 put k = 5 first in one run, and the quick suite's
-    worst case came out 52.5% instead of 50.2%)."""
+    tie-break. The sharper path goes first because APGD is strongest through a sharper surrogate
+    than a 10-step PGD ranks first (lif_bptt_ft: a tie at 63% between fast-sigmoid k = 5 and 10
+    put k = 5 first in one run, and the quick suite's worst case came out 52.5% against 50.2%)."""
     parsed = family(path)
     return parsed[1] if parsed else 0.0
 
@@ -177,10 +177,10 @@ class Evaluation:
         """The binarization test (``adequacy.py``) of the group's strongest attack at the
         largest ε of the list, on the first ``plan.adequacy_samples`` images. The largest ε,
         not a fixed one: it is an ε the user asked about, and applicability barely depends on
-        it (hosnn_bptt_ft, 40 images: 23 applicable at 8/255, 22 at 16/255). The strongest attack: the
-        plan's first APGD-CE row whose path exists (else its first CE/CW PGD row) through its resolved path --
-        the binarized task has two classes, so DLR losses cannot run on it. Each rank tests its
-        shard; the counts are summed into one check."""
+        it (hosnn_bptt_ft, 40 images: 23 applicable at 8/255, 22 at 16/255). The strongest
+        attack: the plan's first APGD-CE row whose path exists (else its first CE/CW PGD row),
+        through its resolved path -- the binarized task has two classes, so DLR losses cannot
+        run on it. Each rank tests its shard; the counts are summed into one check."""
         candidates = [s for s in plan.attacks if s.attack == 'apgd-ce'] + [
             s for s in plan.attacks if s.attack == 'pgd' and s.loss in ('ce', 'cw')]
         spec, gradient = next(((s, resolve_gradient(s.gradient, ranked)) for s in candidates
