@@ -183,8 +183,8 @@ class Evaluation:
         run on it. Each rank tests its shard; the counts are summed into one check."""
         candidates = [s for s in plan.attacks if s.attack == 'apgd-ce'] + [
             s for s in plan.attacks if s.attack == 'pgd' and s.loss in ('ce', 'cw')]
-        spec, gradient = next(((s, resolve_gradient(s.gradient, ranked)) for s in candidates
-                               if resolve_gradient(s.gradient, ranked) is not None), (None, None))
+        resolved = ((s, resolve_gradient(s.gradient, ranked)) for s in candidates)
+        spec, gradient = next(((s, g) for s, g in resolved if g is not None), (None, None))
         if gradient is None:
             return  # the published suite: no adaptive attack to test
         spec = dataclasses.replace(spec, survivors=False)
