@@ -14,10 +14,11 @@ import main
 from attack import ATTACKS, training_attack
 from config import ConfigError, load_config
 from conftest import ROOT
-from layers import AnnNetwork, Network, compute_loss, predict, time_expand, use_gradient_path
+from layers import (AnnNetwork, Network, compute_loss, parse_gradient_path, predict, time_expand,
+                    use_gradient_path)
 from runtime.checkpoint import load_checkpoint
 from training.adversarial import (Adversary, build_adversary, holdout_indices, split_training_set,
-                                  trades_objective)
+                                  trades_objective, validation_pgd_accuracy)
 from training.experiment import build_loaders, build_model
 from conftest import N_TRAIN, SMALL_LAYERS, read_results as results, settings
 
@@ -179,6 +180,27 @@ def test_select_robust_from_yaml(mnist_dir, tmp_path):  # noqa: F811
                             'val_pgd_acc': best['val_pgd_acc']}
     assert load_checkpoint(str(tmp_path / 'run' / 'best.pth'))['epoch'] == best['epoch']
 
+
+
+@pytest.mark.parametrize('ft_gradient', ['published', 'bptt:fast-sigmoid:10'])
+def test_selection_pgd_crafts_through_the_crafting_gradient(ft_gradient):
+    """The selection PGD-7 goes through ATTACK.ft_gradient (the published backward would select a
+    HoSNN by its gradient masking): the path every forward of the spiking layers saw."""
+    model = small('ALIF')
+    torch.manual_seed(1)
+    images, labels = torch.rand(8, 1, 4, 4), torch.randint(0, 3, (8,))
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(images, labels),
+                                         batch_size=4)
+    cfg = {'Network': {'mean': 0.5, 'std': 0.5, 'loss': 'kernel'},
+           'ATTACK': {'train': [0.1], 'ft_gradient': ft_gradient, 'clamp': False}}
+    layer = next(m for m in model.modules() if hasattr(m, 'gradient_path'))
+    seen = set()
+    hook = layer.register_forward_pre_hook(lambda m, _: seen.add(str(m.gradient_path)))
+    progress = lambda it, **_: it  # noqa: E731
+    _, n = validation_pgd_accuracy(model, loader, cfg, CTX, progress)
+    hook.remove()
+    assert n == 8 and seen == {str(parse_gradient_path(ft_gradient))}
+    assert layer.gradient_path is None  # (restored)
 
 # --- the ANN twin ------------------------------------------------------------------------------
 

@@ -23,6 +23,7 @@ import torch
 from attack import Normalization, attack_bounds, trades_kl, training_attack
 from config import ConfigError, parse_epsilon, train_epsilon
 from layers import compute_loss, gradient_path_name, parse_gradient_path, use_gradient_path
+from training.engine import evaluate
 
 # The ATTACK.ft_method values whose steps and step size come from ATTACK.ft_steps / ft_step_size.
 STEPPED_METHODS = ('pgd_rs', 'trades')
@@ -131,3 +132,12 @@ def split_training_set(cfg, train_set):
 def selection_eps(cfg):
     """The eps (model units) of the selection PGD: ``ATTACK.train[0]``."""
     return Normalization.of(cfg['Network']).to_model_units(train_epsilon(cfg))
+
+
+def validation_pgd_accuracy(model, loader, cfg, ctx, progress):
+    """``(accuracy, n)`` of ``model`` (unwrapped) under PGD-7 at ``ATTACK.train[0]`` on the
+    held-out split, crafted through ``ATTACK.ft_gradient``: the published backward cannot see
+    the adaptive threshold, so a PGD through it would select a HoSNN by its gradient masking."""
+    with use_gradient_path(model, cfg['ATTACK']['ft_gradient']):
+        return evaluate(model, loader, ctx, progress, attack='pgd', eps=selection_eps(cfg),
+                        bounds=attack_bounds(cfg), desc='validation pgd')

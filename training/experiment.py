@@ -26,7 +26,7 @@ from runtime.distributed import (ShardSampler, all_gather_object, broadcast_buff
 from runtime.outputs import RunOutputs
 from runtime.rng import rng_states, seed_everything
 from runtime.rundir import checkpoint_bytes, open_run_directory
-from training.adversarial import build_adversary, selection_eps, split_training_set
+from training.adversarial import build_adversary, split_training_set, validation_pgd_accuracy
 from training.diagnostics import SpikeMonitor, diagnose
 from training.engine import adversarial_test, build_optimizer, evaluate, record_nds, train_one_epoch
 from training.guards import TrainingGuard
@@ -269,8 +269,10 @@ def train(model, model_without_ddp, train_loader, test_loader, cfg, ctx, outputs
         outputs.set_result('selection', {
             'metric': 'val_pgd_acc', 'attack': 'pgd', 'eps': cfg['ATTACK']['train'][0],
             'val_samples': len(val_loader.dataset),
-            'what': 'published PGD-7 accuracy at ATTACK.train[0] on training images held out '
-                    'of training (DEFAULT.val_samples, split by DEFAULT.seed)'})
+            'gradient': cfg['ATTACK']['ft_gradient'],
+            'what': 'PGD-7 accuracy at ATTACK.train[0], crafted through ATTACK.ft_gradient, on '
+                    'training images held out of training (DEFAULT.val_samples, split by '
+                    'DEFAULT.seed)'})
     if resume_state is not None:
         start_epoch, best, best_state = restore_training_state(resume_state, optimizer, scheduler,
                                                                cfg, ctx, outputs)
@@ -293,9 +295,8 @@ def train(model, model_without_ddp, train_loader, test_loader, cfg, ctx, outputs
                    'lr': optimizer.param_groups[0]['lr'], 'firing_rate': spikes['firing_rate'],
                    'predictions': spikes['predictions']}
         if val_loader is not None:
-            metrics['val_pgd_acc'], metrics['val_samples'] = evaluate(
-                model_without_ddp, val_loader, ctx, outputs.progress, attack='pgd',
-                eps=selection_eps(cfg), bounds=attack_bounds(cfg), desc='validation pgd')
+            metrics['val_pgd_acc'], metrics['val_samples'] = validation_pgd_accuracy(
+                model_without_ddp, val_loader, cfg, ctx, outputs.progress)
         is_best = (test_acc > best['test_acc'] if val_loader is None
                    else metrics['val_pgd_acc'] > best['val_pgd_acc'])
         if is_best:
