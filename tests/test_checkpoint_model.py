@@ -107,3 +107,21 @@ def test_evaluate_takes_the_model_from_the_checkpoint(mnist_dir, tmp_path, capsy
         assert json.load(f)['rows']
     assert os.path.isfile(out / 'report.md')
     assert torch.load(lif, weights_only=True)['epoch'] == 0
+
+
+def test_ann_checkpoint_is_evaluated_from_its_saved_config(mnist_dir, tmp_path, capsys):
+    """The ANN twin's checkpoints (issue 18) name their model in the saved config; evaluate.py
+    attacks them with no --set (its state dict alone looks like a LIF network's)."""
+    ann = write_checkpoint(mnist_dir, tmp_path / 'ann.pth', 'ANN', with_config=True)
+    assert model_of_checkpoint(load_checkpoint(ann), 'ann.pth') == ('ANN', 'its saved config')
+    out = tmp_path / 'eval'
+    assert evaluate.main(['--ckpt', ann, '-d', '0', '--out', str(out), '--suite', 'quick',
+                          '--eps', '1/10', '--samples', '3', '--no-sanity-eps',
+                          *small(mnist_dir)]) == 0
+    assert f"Network.model=ANN: from checkpoint '{ann}' (its saved config)" in \
+        capsys.readouterr().out
+    with open(out / 'robustness.json') as f:
+        rows = json.load(f)['rows']
+    # its rows say that their gradient is plain autograd (Square: none; published attacks: theirs)
+    own = [row for row in rows if not row['attack'].startswith('published')]
+    assert own and {row['gradient'] for row in own} <= {'autograd', 'none'}

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from config import ConfigError
-from layers.settings import MODELS
+from layers.ann import MODELS  # the spiking models and the ANN twin
 from runtime.checkpoint import load_checkpoint
 
 
