@@ -1,5 +1,6 @@
 """Strip a run's checkpoint down to the released format: ``{'net': 'module.'-keyed state dict,
-'epoch': int}`` (no optimiser, RNG, config or results; about 1 MB for the MNIST-size networks).
+'epoch': int}`` (no optimiser, RNG, config or results; about 1 MB for the MNIST-size networks);
+an ANN twin's keeps ``{'config': {'Network': {'model': 'ANN'}}}``, which its state dict cannot say.
 
     python scripts/export_release.py runs/fashionmnist/hosnn_clean/best.pth \\
         checkpoints/fashionmnist/hosnn_clean.pth
@@ -18,11 +19,17 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from runtime.checkpoint import CheckpointError, atomic_write, first_nonfinite, load_checkpoint  # noqa: E402
 from errors import UserError  # noqa: E402
+from layers.ann import ANN  # noqa: E402
 
 
 def export(source, target):
     checkpoint = load_checkpoint(source)
     released = {'net': checkpoint['net'], 'epoch': int(checkpoint['epoch'])}
+    model = (checkpoint.get('config') or {}).get('Network', {}).get('model')
+    if model == ANN:
+        # The one fact its state dict cannot say: the ANN twin's tensors have the names of its
+        # LIF twin's (training.checkpoint_model reads the model from here).
+        released['config'] = {'Network': {'model': ANN}}
     bad = first_nonfinite(released['net'])
     if bad is not None:
         raise CheckpointError(f"'{source}': tensor '{bad[0]}' holds {bad[1]} NaN/Inf values")

@@ -35,3 +35,15 @@ def test_export_refuses_a_checkpoint_with_nan(tmp_path, capsys):
     assert export_release.main([run_ckpt, str(tmp_path / 'out.pth')]) == 2
     assert 'module.w' in capsys.readouterr().err
     assert not os.path.exists(tmp_path / 'out.pth')
+
+
+def test_export_of_an_ann_keeps_its_model(tmp_path):
+    """An ANN twin's state dict has its LIF twin's names: the released file keeps the model."""
+    from training.checkpoint_model import model_of_checkpoint
+    run_ckpt = str(tmp_path / 'best.pth')
+    save_checkpoint(run_ckpt, small_alif(), 3, config={'Network': {'model': 'ANN', 'lr': 1}})
+    target = str(tmp_path / 'ann.pth')
+    assert export_release.main([run_ckpt, target]) == 0
+    released = torch.load(target, weights_only=True)
+    assert released['config'] == {'Network': {'model': 'ANN'}}
+    assert model_of_checkpoint(released, target) == ('ANN', 'its saved config')
