@@ -95,6 +95,29 @@ SMALL_CONV_LAYERS = {
     'output': {'type': 'linear', 'n_inputs': 12, 'n_outputs': 4, 'weight_scale': 2, 'threshold': 1},
 }
 
+# Conv + pooling + two linears on 2x8x8 images whose channels have different statistics, 4
+# classes: the adaptive suite's and the adequacy test's network (float64, eval mode).
+TWO_CHANNEL_MEAN, TWO_CHANNEL_STD = (0.3, 0.6), (0.25, 0.5)
+
+
+def two_channel_network(model='LIF', seed=0, channels=2, n_steps=5, n_class=4):
+    """``(network, its Network config)``, seeded."""
+    network_cfg = {'n_steps': n_steps, 'tau_m': 5.0, 'tau_s': 3.0, 'model': model, 'tau_v': 1.5,
+                   'is_bn': False, 'loss': 'kernel', 'n_class': n_class, 'save_target': False,
+                   'ckpt_v': None, 'mean': TWO_CHANNEL_MEAN[0], 'std': TWO_CHANNEL_STD[0]}
+    layers_cfg = {
+        'conv_1': {'type': 'conv', 'in_channels': channels, 'out_channels': 4, 'kernel_size': 3,
+                   'weight_scale': 3, 'threshold': 1},
+        'pooling_1': {'type': 'pooling', 'kernel_size': 2},
+        'FC_1': {'type': 'linear', 'n_inputs': 36, 'n_outputs': 16, 'weight_scale': 3,
+                 'threshold': 1},
+        'output': {'type': 'linear', 'n_inputs': 16, 'n_outputs': n_class, 'weight_scale': 3,
+                   'threshold': 1},
+    }
+    torch.manual_seed(seed)
+    return Network(network_cfg, layers_cfg, [channels, 8, 8]).double().eval(), network_cfg
+
+
 # --- A small TA-LIF network, built directly -------------------------------------------------------
 
 SMALL_ALIF_NETWORK = {'n_steps': 5, 'tau_m': 5, 'tau_s': 3, 'model': 'ALIF', 'tau_v': 10,
@@ -108,3 +131,14 @@ def small_alif(seed=0):
     """A two-layer float64 TA-LIF network on 1x4x4 images (3 classes), seeded."""
     torch.manual_seed(seed)
     return Network(SMALL_ALIF_NETWORK, SMALL_ALIF_LAYERS, (1, 4, 4)).double()
+
+
+def assert_random_start_attack(attack, model, x, labels, eps=0.1):
+    """A random-start training attack stays in the eps-ball and the [0, 1] pixel range, and two
+    seeds give two different examples."""
+    torch.manual_seed(1)
+    first = attack(model, x, labels, eps, (0.0, 1.0))
+    torch.manual_seed(2)
+    second = attack(model, x, labels, eps, (0.0, 1.0))
+    assert (first - x).abs().max() <= eps + 1e-12 and first.min() >= 0 and first.max() <= 1
+    assert not torch.equal(first, second)

@@ -12,27 +12,15 @@ from robustness import attacks, checks, evaluation, losses, paths, plan, report,
 from robustness.threats import ThreatModel
 from runtime.distributed import DistContext
 from runtime.formatting import eps_text
-from layers import Network, predict, time_expand
+from layers import predict, time_expand
+from conftest import TWO_CHANNEL_MEAN, TWO_CHANNEL_STD, two_channel_network
 
 N_STEPS, N_CLASS = 5, 4
-MEAN, STD = (0.3, 0.6), (0.25, 0.5)  # two channels with different statistics
+MEAN, STD = TWO_CHANNEL_MEAN, TWO_CHANNEL_STD  # two channels with different statistics
 
 
 def tiny_network(model='LIF', seed=0, channels=2):
-    network_cfg = {'n_steps': N_STEPS, 'tau_m': 5.0, 'tau_s': 3.0, 'model': model, 'tau_v': 1.5,
-                   'is_bn': False, 'loss': 'kernel', 'n_class': N_CLASS, 'save_target': False,
-                   'ckpt_v': None, 'mean': MEAN[0], 'std': STD[0]}
-    layers_cfg = {
-        'conv_1': {'type': 'conv', 'in_channels': channels, 'out_channels': 4, 'kernel_size': 3,
-                   'weight_scale': 3, 'threshold': 1},
-        'pooling_1': {'type': 'pooling', 'kernel_size': 2},
-        'FC_1': {'type': 'linear', 'n_inputs': 36, 'n_outputs': 16, 'weight_scale': 3,
-                 'threshold': 1},
-        'output': {'type': 'linear', 'n_inputs': 16, 'n_outputs': N_CLASS, 'weight_scale': 3,
-                   'threshold': 1},
-    }
-    torch.manual_seed(seed)
-    return Network(network_cfg, layers_cfg, [channels, 8, 8]).double().eval(), network_cfg
+    return two_channel_network(model, seed, channels, N_STEPS, N_CLASS)
 
 
 def pixel_images(n=12, seed=0, channels=2):

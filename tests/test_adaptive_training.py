@@ -9,7 +9,7 @@ import torch
 import main
 from attack import ATTACKS, training_attack
 from config import load_config
-from conftest import ROOT, read_results, settings, small_alif
+from conftest import ROOT, assert_random_start_attack, read_results, settings, small_alif
 from layers import parse_gradient_path, time_expand, use_gradient_path
 from training.engine import train_one_epoch
 
@@ -65,12 +65,7 @@ def test_fgsm_random_start_stays_in_the_ball_and_is_random():
     labels = torch.tensor([0, 1, 2, 0])
     attack = ATTACKS['fgsm-rs']
     assert attack.ft_method == 'fgm_rs' and 'train' in attack.usage
-    torch.manual_seed(1)
-    first = attack(model, x, labels, 0.1, (0.0, 1.0))
-    torch.manual_seed(2)
-    second = attack(model, x, labels, 0.1, (0.0, 1.0))
-    assert (first - x).abs().max() <= 0.1 + 1e-12 and first.min() >= 0 and first.max() <= 1
-    assert not torch.equal(first, second)
+    assert_random_start_attack(attack, model, x, labels)
 
 
 def test_adaptive_adversarial_training_end_to_end(mnist_dir, tmp_path):  # noqa: F811

@@ -7,7 +7,8 @@ from fractions import Fraction
 import pytest
 import torch
 
-from layers import Network, time_expand
+from layers import time_expand
+from conftest import TWO_CHANNEL_MEAN, TWO_CHANNEL_STD, two_channel_network
 from layers.gradients import use_gradient_path
 from robustness import attacks
 from robustness.threats import ThreatModel, class_scores
@@ -15,25 +16,12 @@ from robustness.adequacy import (ADEQUACY_MIN_SHARE, BinarizedModel, binarizatio
                                  layer_features)
 
 N_STEPS, N_CLASS, N_IMAGES = 5, 4, 24
-MEAN, STD = (0.3, 0.6), (0.25, 0.5)  # two channels with different statistics
+MEAN, STD = TWO_CHANNEL_MEAN, TWO_CHANNEL_STD  # two channels with different statistics
 EPS = Fraction(16, 255)
 
 
 def tiny_network(seed=0):
-    network_cfg = {'n_steps': N_STEPS, 'tau_m': 5.0, 'tau_s': 3.0, 'model': 'LIF', 'tau_v': 1.5,
-                   'is_bn': False, 'loss': 'kernel', 'n_class': N_CLASS, 'save_target': False,
-                   'ckpt_v': None, 'mean': MEAN[0], 'std': STD[0]}
-    layers_cfg = {
-        'conv_1': {'type': 'conv', 'in_channels': 2, 'out_channels': 4, 'kernel_size': 3,
-                   'weight_scale': 3, 'threshold': 1},
-        'pooling_1': {'type': 'pooling', 'kernel_size': 2},
-        'FC_1': {'type': 'linear', 'n_inputs': 36, 'n_outputs': 16, 'weight_scale': 3,
-                 'threshold': 1},
-        'output': {'type': 'linear', 'n_inputs': 16, 'n_outputs': N_CLASS, 'weight_scale': 3,
-                   'threshold': 1},
-    }
-    torch.manual_seed(seed)
-    return Network(network_cfg, layers_cfg, [2, 8, 8]).double().eval()
+    return two_channel_network('LIF', seed, 2, N_STEPS, N_CLASS)[0]
 
 
 def threat_model(threat='per-step', clamp=False):

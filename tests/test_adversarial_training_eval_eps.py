@@ -20,7 +20,8 @@ from runtime.checkpoint import load_checkpoint
 from training.adversarial import (Adversary, build_adversary, holdout_indices, split_training_set,
                                   trades_objective, validation_pgd_accuracy)
 from training.experiment import build_loaders, build_model
-from conftest import N_TRAIN, SMALL_LAYERS, read_results as results, settings
+from conftest import (N_TRAIN, SMALL_LAYERS, assert_random_start_attack, read_results as results,
+                      settings)
 
 FASHION = f"{ROOT}/networks/FashionMNIST.yaml"
 LIF_NETWORK = {'n_steps': 5, 'tau_m': 5, 'tau_s': 3, 'model': 'LIF', 'tau_v': 10, 'is_bn': False,
@@ -62,12 +63,7 @@ def test_pgd_random_start_stays_in_the_ball_is_random_and_takes_its_keys():
     x, labels = batch()
     attack = ATTACKS['pgd-rs']
     assert training_attack('pgd_rs') is attack and attack.params['steps'] == 10
-    torch.manual_seed(1)
-    first = attack(model, x, labels, 0.1, (0.0, 1.0))
-    torch.manual_seed(2)
-    second = attack(model, x, labels, 0.1, (0.0, 1.0))
-    assert (first - x).abs().max() <= 0.1 + 1e-12 and first.min() >= 0 and first.max() <= 1
-    assert not torch.equal(first, second)
+    assert_random_start_attack(attack, model, x, labels)
     cfg, _ = load_config(FASHION, ['DEFAULT.cleantrain=false', 'DEFAULT.advtrain=true',
                                    'ATTACK.ft_method=pgd_rs', 'ATTACK.ft_steps=4',
                                    'ATTACK.ft_step_size=1/255', 'ATTACK.train=[4/255]'])

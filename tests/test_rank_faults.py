@@ -16,7 +16,6 @@ from runtime.checkpoint import OutputWriteError, load_checkpoint
 from runtime.distributed import DistContext
 from test_checkpoint_model import small
 from errors import UserError
-from training import experiment
 
 
 @pytest.fixture

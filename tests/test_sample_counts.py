@@ -10,7 +10,6 @@ import main
 from config import ConfigError, MAX_SAMPLES, load_config
 from conftest import ROOT
 from errors import UserError
-from training import experiment
 
 MNIST = os.path.join(ROOT, 'networks', 'MNIST.yaml')
 BAD = ['1000000000000.0', '1000.0', '1e3', 'true', 'false', '1000000000000', '0', '-5', '"100"',

@@ -29,7 +29,9 @@ def card_rows():
 
 
 def neuron(row):
-    return 'LIF' if row['model'].strip().startswith('LIF') else 'ALIF'
+    """The Network.model a card row names: its model column starts with LIF, ANN or HoSNN."""
+    model = row['model'].strip()
+    return 'LIF' if model.startswith('LIF') else 'ANN' if model.startswith('ANN') else 'ALIF'
 
 
 def sha256(path):
@@ -42,7 +44,9 @@ def test_checkpoint_matches_its_card(row):
     path = os.path.join(ZOO, row['file'])
     assert sha256(path) == row['sha256']
     checkpoint = load_checkpoint(path)  # weights only
-    assert set(checkpoint) == {'net', 'epoch'} and checkpoint['epoch'] == int(row['epoch'])
+    # (an ANN twin's file also names its model: its state dict has its LIF twin's names)
+    extra = {'config'} if neuron(row) == 'ANN' else set()
+    assert set(checkpoint) == {'net', 'epoch', *extra} and checkpoint['epoch'] == int(row['epoch'])
     assert all(key.startswith('module.') for key in checkpoint['net'])
     cfg, _ = load_config(os.path.join(ROOT, 'networks', 'FashionMNIST.yaml'),
                          [f"Network.model={neuron(row)}"])
@@ -74,8 +78,15 @@ def test_clean_accuracy_reproduces_the_card(row, tmp_path):
     assert f"{100 * clean['accuracy']:.2f}" == row['clean']
 
 
-WORST_CELL = re.compile(r'\| \*\*(?P<worst>[\d.]+)\*\* \(old(?: suite)?: [\d.]+[^)]*\) \|')
-RESULTS = os.path.join(ROOT, 'results', 'fashionmnist', 'adaptive_full_v2')
+WORST_CELL = re.compile(r'\| \*\*(?P<worst>[\d.]+)\*\*(?: \(old(?: suite)?: [\d.]+[^)]*\))? \|')
+RESULTS = os.path.join(ROOT, 'results', 'fashionmnist')
+
+
+def result_path(name):
+    """The zoo re-evaluation's file (adaptive_full_v2/) or the robust-training study's."""
+    zoo = os.path.join(RESULTS, 'adaptive_full_v2', name, 'robustness.json')
+    study = os.path.join(RESULTS, 'robust_training', name, 'eps8_per-step', 'robustness.json')
+    return study if os.path.exists(study) else zoo
 
 
 def test_worst_case_column_is_the_committed_full_suite_result():
@@ -87,7 +98,7 @@ def test_worst_case_column_is_the_committed_full_suite_result():
     for line in lines:
         name = CARD_ROW.match(line)['file'][:-len('.pth')]
         cell = WORST_CELL.search(line)
-        path = os.path.join(RESULTS, name, 'robustness.json')
+        path = result_path(name)
         if cell is None:
             assert not os.path.exists(path), f"{name}: the card does not show {path}"
             continue
