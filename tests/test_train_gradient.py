@@ -101,11 +101,12 @@ def test_config_records_and_validates_the_key():
 
 
 @pytest.mark.parametrize('model', ['LIF', 'ALIF'])
-def test_main_trains_through_bptt(mnist_dir, tmp_path, model):  # noqa: F811
+def test_main_trains_through_bptt(mnist_dir, tmp_path, model, capsys):  # noqa: F811
     out = str(tmp_path / 'bptt')
     assert main.main(['-d', '0', '--out', out, *settings(
         mnist_dir, 'DEFAULT.advtest=false', 'DEFAULT.train_samples=32', 'DEFAULT.test_samples=16',
         f'Network.train_gradient={GRADIENT}', model=model)]) == 0
+    assert f"training step through the {GRADIENT} gradient" in capsys.readouterr().out
     run = results(out)
     assert run['config']['Network']['train_gradient'] == GRADIENT
     assert len(run['epochs']) == 1 and run['epochs'][0]['train_samples'] == 32

@@ -178,6 +178,9 @@ def _run_in_directory(cfg, out_dir, ctx, model_without_ddp, resume, workers, nds
     outputs.log(f"{network['dataset']}: {len(train_loader.dataset)} train / "
                 f"{len(test_loader.dataset)} test samples, {ctx.world_size} process(es) on "
                 f"{ctx.device}, {network['model']} network -> {out_dir}")
+    if training and network.get('train_gradient', 'published') != 'published':
+        outputs.log(f"training step through the {network['train_gradient']} gradient "
+                    f"(Network.train_gradient)")
     # Dropout masks and random attack starts differ between ranks, as in the published code.
     seed_everything(default['seed'] + 1000 * ctx.rank)
 
