@@ -479,6 +479,22 @@ def test_full_plan_attacks_through_sharp_paths_whatever_the_ranking(data):
     assert plan.resolve_gradient('ensemble:family:best:2', ranked) is None  # published: no family
 
 
+
+def test_full_plan_of_a_model_without_spikes_adds_autoattacks_rest():
+    """The ANN twin (one gradient path, cheap forwards): APGD-T through its autograd gradient and
+    Square on every survivor, beside APGD-CE/DLR; a spiking model keeps Square on the first
+    images and no APGD-T."""
+    from layers import AnnNetwork
+    from conftest import SMALL_CONV_LAYERS
+    ann = AnnNetwork({'n_steps': N_STEPS, 'model': 'ANN', 'loss': 'kernel', 'n_class': 4,
+                      'tau_m': 5, 'tau_s': 3, 'is_bn': False}, SMALL_CONV_LAYERS, [1, 8, 8])
+    full = plan.suite_plan('full', 'per-step', Fraction(8, 255), ann, largest=True)
+    rows = {(s.attack, s.gradient): s for s in full.attacks}
+    assert rows[('apgd-t', 'best:1')].survivors and rows[('apgd-t', 'best:1')].steps >= 100
+    assert rows[('square', 'none')].samples is None
+    spiking = plan.suite_plan('full', 'per-step', Fraction(8, 255), tiny_network()[0], largest=True)
+    assert not any(s.attack == 'apgd-t' for s in spiking.attacks)
+
 def test_rows_on_the_first_images_attack_only_those(data, monkeypatch):
     """``AttackSpec.samples``: a standalone row attacks the first N images and reports its
     accuracy over them; a survivors row on the first N still reports the worst case over all."""
