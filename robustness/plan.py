@@ -180,14 +180,15 @@ def _suite_plan(suite, threat, eps, model, partner, sanity, largest, standalone)
                     AttackSpec('pgd', 'best:1', 'ce', 100, samples=CHECK_SAMPLES['full'])]
     if partner_path:
         attacks.append(AttackSpec('transfer-pgd', partner_path, 'ce', 20, survivors=cascade))
-    if not is_spiking(model):
+    spiking = is_spiking(model)
+    if not spiking:
         # A model without spikes (the ANN twin) has one gradient path and cheap forwards: the
         # rest of AutoAttack's standard set, APGD-T through it and Square on every survivor,
         # costs little, and the ANN is the reference the spiking networks are compared with.
         attacks.append(AttackSpec('apgd-t', 'best:1', 'dlr-targeted', 100, survivors=cascade))
     if largest:  # 5000 queries per surviving image of the first SQUARE_SAMPLES
         attacks.append(AttackSpec('square', 'none', 'margin', 5000, survivors=True,
-                                  samples=SQUARE_SAMPLES if is_spiking(model) else None))
+                                  samples=SQUARE_SAMPLES if spiking else None))
     return Plan(published, sweep, tuple(attacks), adequacy_samples=200)
 
 

@@ -479,7 +479,6 @@ def test_full_plan_attacks_through_sharp_paths_whatever_the_ranking(data):
     assert plan.resolve_gradient('ensemble:family:best:2', ranked) is None  # published: no family
 
 
-
 def test_full_plan_of_a_model_without_spikes_adds_autoattacks_rest():
     """The ANN twin (one gradient path, cheap forwards): APGD-T through its autograd gradient and
     Square on every survivor, beside APGD-CE/DLR; a spiking model keeps Square on the first
@@ -494,6 +493,7 @@ def test_full_plan_of_a_model_without_spikes_adds_autoattacks_rest():
     assert rows[('square', 'none')].samples is None
     spiking = plan.suite_plan('full', 'per-step', Fraction(8, 255), tiny_network()[0], largest=True)
     assert not any(s.attack == 'apgd-t' for s in spiking.attacks)
+
 
 def test_rows_on_the_first_images_attack_only_those(data, monkeypatch):
     """``AttackSpec.samples``: a standalone row attacks the first N images and reports its

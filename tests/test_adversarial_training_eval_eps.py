@@ -177,7 +177,6 @@ def test_select_robust_from_yaml(mnist_dir, tmp_path):  # noqa: F811
     assert load_checkpoint(str(tmp_path / 'run' / 'best.pth'))['epoch'] == best['epoch']
 
 
-
 @pytest.mark.parametrize('ft_gradient', ['published', 'bptt:fast-sigmoid:10'])
 def test_selection_pgd_crafts_through_the_crafting_gradient(ft_gradient):
     """The selection PGD-7 goes through ATTACK.ft_gradient (the published backward would select a
@@ -197,6 +196,7 @@ def test_selection_pgd_crafts_through_the_crafting_gradient(ft_gradient):
     hook.remove()
     assert n == 8 and seen == {str(parse_gradient_path(ft_gradient))}
     assert layer.gradient_path is None  # (restored)
+
 
 # --- the ANN twin ------------------------------------------------------------------------------
 
