@@ -1,8 +1,9 @@
 """The adaptive attacks and the one table every suite row resolves through (:data:`ATTACKS`).
 
-Our PGD (random starts, restarts, CE/CW/DLR losses), AutoAttack's APGD-CE/DLR/T and Square from
-``torchattacks`` behind an image-in, scores-out wrapper, transfer from a partner model, and the
-published attacks of ``attack.py`` (their registry, not a copy). Each works under a threat model
+Our PGD (random starts, restarts, CE/CW/DLR losses); AutoAttack's APGD-CE and APGD-DLR
+(``apgd.py``: torchattacks' algorithm, with early stopping), APGD-T and Square (``torchattacks``),
+behind an image-in, scores-out wrapper; transfer from a partner model; and the published attacks
+of ``attack.py`` (their registry, not a copy). Each works under a threat model
 (``threats.py``) and a gradient path (``paths.py``): it gets a ``scores(x)`` function whose input
 gradient is that of the path, so an ensemble path needs nothing of the attack.
 
@@ -16,6 +17,7 @@ import torch
 import torch.nn as nn
 
 import attack as published
+from robustness.apgd import Apgd
 from robustness.losses import LOSSES
 from robustness.paths import scores_through
 
@@ -130,10 +132,10 @@ def torchattacks_attack(make, scores, x, labels, threat, eps):
 
 
 def _apgd(loss):
+    # Our port of torchattacks' APGD, which drops an image from the batch once it is fooled
+    # (``apgd.py`` says why); the same iterates as torchattacks' otherwise.
     def make(steps, restarts=1):
-        import torchattacks
-        return lambda wrapper, eps, seed: torchattacks.APGD(
-            wrapper, norm='Linf', eps=eps, steps=steps, n_restarts=restarts, loss=loss, seed=seed)
+        return lambda wrapper, eps, seed: Apgd(wrapper, eps, steps, restarts, loss, seed)
     return make
 
 

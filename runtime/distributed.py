@@ -7,6 +7,7 @@ import torch
 import torch.distributed as dist
 
 from errors import UserError
+from runtime.allocator import keep_freed_memory
 
 
 class LaunchError(UserError):
@@ -52,6 +53,7 @@ def init_distributed(device_name=None):
     if use_cuda and not torch.cuda.is_available():
         raise LaunchError("--device cuda: CUDA is not available on this machine (torch "
                           f"{torch.__version__}); use --device cpu")
+    keep_freed_memory()  # every step's [T, B, ...] tensors would be page-faulted in afresh
     launch = _launcher_env()
     if launch is None:
         return DistContext(device=torch.device('cuda' if use_cuda else 'cpu'))

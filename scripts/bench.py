@@ -40,10 +40,10 @@ config loader (``config.load_config``) with ``Network.model`` set to each of ``-
 ``Network.ckpt_v`` to null (a random NDS is as fast).
 
 CPU caveats. Timings on a shared machine are noisy (other processes stall the OpenMP threads):
-compare ratios, re-run, or use ``--threads 1``. glibc returns large freed blocks to the system
-and page-faults them back in on the next step; that costs the SNN (more, larger temporaries)
-more than the ANN. ``MALLOC_MMAP_THRESHOLD_=4000000000 MALLOC_TRIM_THRESHOLD_=4000000000`` in
-the environment (or jemalloc/tcmalloc) removes most of it for both.
+compare ratios, re-run, or use ``--threads 1``. Like the commands (``main.py``, ``evaluate.py``,
+``protocol.py``), the bench keeps freed memory in the process (``runtime/allocator.py``):
+glibc would return large freed blocks to the system and page-fault them back in on the next
+step, which costs the SNN (more, larger temporaries) more than the ANN.
 """
 import argparse
 import contextlib
@@ -67,6 +67,7 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 from attack import input_gradient  # noqa: E402
+from runtime.allocator import keep_freed_memory  # noqa: E402
 from runtime.checkpoint import atomic_write_text  # noqa: E402
 from config import input_shape, load_config  # noqa: E402
 from training.engine import build_optimizer, train_step  # noqa: E402
@@ -383,6 +384,7 @@ def main(argv=None):
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    keep_freed_memory()  # as the commands do (runtime/distributed.init_distributed)
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype)
     steps = [s.strip() for s in args.steps.split(',') if s.strip()]

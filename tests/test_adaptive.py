@@ -461,13 +461,14 @@ def test_the_attack_table_is_read_only():
 
 
 def test_full_plan_attacks_through_sharp_paths_whatever_the_ranking(data):
-    """APGD-CE through fast-sigmoid and arctan at k = 10 are fixed rows (a 10-step PGD ranks
+    """APGD-CE through fast-sigmoid and arctan at k = 5 and 10 are fixed rows (a 10-step PGD ranks
     sharp surrogates too low to be chosen by rank), beside the strongest path at 2x its sharpness
     and the ensemble of its family at 2x, 4x, 8x, with a restart; the masking checks' rows run
     on the first images only."""
     full = plan.suite_plan('full', 'per-step', Fraction(8, 255), data[0], largest=True)
     grads = {s.gradient for s in full.attacks if s.attack == 'apgd-ce'}
-    assert {'bptt:fast-sigmoid:10', 'bptt:arctan:10', 'sharper:2:best:1',
+    assert {'bptt:fast-sigmoid:5', 'bptt:arctan:5', 'bptt:fast-sigmoid:10', 'bptt:arctan:10',
+            'sharper:2:best:1',
             'ensemble:family:best:1'} <= grads
     assert max(s.restarts for s in full.attacks if s.attack == 'apgd-dlr') >= 2
     subset_rows = {(s.attack, s.steps): s.samples for s in full.attacks if s.samples}

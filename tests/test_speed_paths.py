@@ -151,3 +151,14 @@ def test_pooling_layer_uses_its_weight_buffer_and_falls_back():
     out, _ = overlapping(x)
     expected = 1.1 * 9 * F.avg_pool2d(x.flatten(0, 1), 3, 2, 1, count_include_pad=True)
     torch.testing.assert_close(out, expected.view(5, 2, 3, 4, 4))
+
+
+def test_the_commands_keep_freed_memory_on_glibc():
+    # init_distributed (every command) and the bench call it; on Linux with glibc it applies.
+    import platform
+    from runtime.allocator import keep_freed_memory
+    applied = keep_freed_memory()
+    if platform.system() == 'Linux' and platform.libc_ver()[0] == 'glibc':
+        assert applied
+    else:
+        assert applied in (True, False)
