@@ -111,3 +111,47 @@ def test_worst_case_column_is_the_committed_full_suite_result():
         assert all(check['passed'] is not False for check in result['sanity']), name
         checked += 1
     assert checked >= 6
+
+
+# | `name` | 2/255 | 4/255 | 8/255 | 8/255, static |  (the card's table by eps and threat model)
+EPS_ROW = re.compile(r'^\| `(?P<name>\w+)` \| (?P<e2>[^|]+) \| (?P<e4>[^|]+) \| (?P<e8>[^|]+) \| '
+                     r'(?P<static>[^|]+) \|$')
+EPS_COLUMNS = (('e2', '2/255', 'per-step'), ('e4', '4/255', 'per-step'), ('e8', '8/255', 'per-step'),
+               ('static', '8/255', 'static'))
+NOT_RUN = 'not run'
+
+
+def evaluation_path(name, eps, threat):
+    """Where the full suite's result for zoo model ``name`` at ``eps`` (``'2/255'``) and
+    ``threat`` is committed: the robust-training study's folder for its models, else
+    adaptive_full_v2/ (8/255 per-step at the top, the others in eps2/, eps4/ and static/)."""
+    numerator = eps.split('/')[0]
+    study = os.path.join(RESULTS, 'robust_training', name)
+    if os.path.isdir(study):
+        return os.path.join(study, f'eps{numerator}_{threat}', 'robustness.json')
+    folder = 'static' if threat == 'static' else '' if numerator == '8' else f'eps{numerator}'
+    return os.path.join(RESULTS, 'adaptive_full_v2', folder, name, 'robustness.json')
+
+
+def test_worst_case_by_eps_table_is_the_committed_full_suite_results():
+    """Every cell of the card's table by ε and threat model is the worst case of the full
+    suite's committed run (1 000 images, not clamped, every sanity check passed); a cell that
+    says "not run" has no such run committed, so the table cannot fall behind the results."""
+    with open(os.path.join(ZOO, 'README.md')) as f:
+        rows = [m.groupdict() for m in map(EPS_ROW.match, (line.rstrip('\n') for line in f)) if m]
+    rows = [row for row in rows if os.path.exists(os.path.join(ZOO, row['name'] + '.pth'))]
+    assert len(rows) >= 8
+    for row in rows:
+        for key, eps, threat in EPS_COLUMNS:
+            cell, path = row[key].strip(), evaluation_path(row['name'], eps, threat)
+            if cell.startswith(NOT_RUN):
+                assert not os.path.exists(path), f"{row['name']} {eps} {threat}: {path} exists"
+                continue
+            with open(path) as f:
+                result = json.load(f)
+            assert result['suite'] == 'full' and result['n_samples'] == 1000, path
+            [entry] = [e for e in result['worst_case'] if e['eps'] == eps]
+            assert entry['threat'] == threat and entry['clamp'] is False, path
+            value = re.match(r'\*\*(?P<worst>[\d.]+)\*\*', cell)  # then "(old suite: ...)" if any
+            assert value and value['worst'] == f"{100 * entry['accuracy']:.1f}", (row['name'], eps, threat)
+            assert all(check['passed'] is not False for check in result['sanity']), path
