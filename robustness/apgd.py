@@ -4,29 +4,22 @@ The algorithm and its constants are torchattacks' ``APGD`` (3.5.1, itself a port
 ``apgd-ce`` / ``apgd-dlr``): step size 2 eps, momentum 0.75, the checkpoints ``p_j`` at which the
 step is halved (and the iterate reset to the best point) where the loss oscillated or stopped
 improving, restarts on the images not yet fooled. With ``early_stop=False`` it returns what
-torchattacks returns, bit for bit (``tests/test_adaptive.py`` checks it).
+torchattacks returns, bit for bit (``tests/test_apgd.py`` checks it).
 
 Why our own: torchattacks runs every iteration on every image of the batch, including the ones
 an earlier iteration already fooled. On a spiking network each of those iterations is a forward
 and an exact BPTT backward through T time steps: the first APGD row of the full suite fools up
-to half of the images it attacks, mostly in its first iterations, and kept paying for them for
-the rest of its 100 steps. Here a fooled image keeps the first iterate that fooled it (verified
+to half of the images it attacks and kept paying for them for the rest of its 100 steps (on a
+robust model most of them fall late, so the saving there is small: README, "Time"). Here a fooled image keeps the first iterate that fooled it (verified
 again by the suite) and leaves the batch; the others go on exactly as before, since every
 quantity of APGD (step size, checkpoints' conditions, best point) is per image.
 """
 import numpy as np
 import torch
-import torch.nn as nn
 
-LOSSES = ('ce', 'dlr')
+from robustness.losses import LOSSES
 
-
-def dlr_loss(logits, labels):
-    """The difference-of-logits-ratio loss (Croce & Hein 2020), torchattacks' form."""
-    ordered, order = logits.sort(dim=1)
-    top_is_label = (order[:, -1] == labels).float()
-    return -(logits[torch.arange(len(labels)), labels] - ordered[:, -2] * top_is_label
-             - ordered[:, -1] * (1.0 - top_is_label)) / (ordered[:, -1] - ordered[:, -3] + 1e-12)
+APGD_LOSSES = ('ce', 'dlr')
 
 
 class Apgd:
@@ -35,10 +28,10 @@ class Apgd:
 
     def __init__(self, model, eps, steps=100, restarts=1, loss='ce', seed=0, rho=0.75,
                  early_stop=True):
-        if loss not in LOSSES:
-            raise ValueError(f"APGD loss {loss!r}: choose one of {', '.join(LOSSES)}")
+        if loss not in APGD_LOSSES:
+            raise ValueError(f"APGD loss {loss!r}: choose one of {', '.join(APGD_LOSSES)}")
         self.model, self.eps, self.steps, self.restarts = model, eps, steps, restarts
-        self.loss_fn = nn.CrossEntropyLoss(reduction='none') if loss == 'ce' else dlr_loss
+        self.loss_fn = LOSSES[loss]  # the suite's CE and DLR: torchattacks' values, bit for bit
         self.seed, self.rho, self.early_stop = seed, rho, early_stop
 
     def __call__(self, images, labels):

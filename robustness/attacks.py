@@ -115,7 +115,8 @@ class ImageModel(nn.Module):
 
 
 def torchattacks_attack(make, scores, x, labels, threat, eps):
-    """Run ``make(wrapper, eps_image, seed)`` (a torchattacks attack) and return the model input.
+    """Run ``make(wrapper, eps_image, seed)`` (a torchattacks attack or our ``Apgd``) and return
+    the model input.
     torchattacks reseeds torch's global RNG: it runs inside ``fork_rng``. The seed is drawn from
     the (seeded) global RNG, so that rows through different paths start from different random
     points (a fixed seed gave every APGD row of a suite the same starts) and runs repeat."""

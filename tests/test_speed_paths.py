@@ -157,8 +157,5 @@ def test_the_commands_keep_freed_memory_on_glibc():
     # init_distributed (every command) and the bench call it; on Linux with glibc it applies.
     import platform
     from runtime.allocator import keep_freed_memory
-    applied = keep_freed_memory()
-    if platform.system() == 'Linux' and platform.libc_ver()[0] == 'glibc':
-        assert applied
-    else:
-        assert applied in (True, False)
+    glibc = platform.system() == 'Linux' and platform.libc_ver()[0] == 'glibc'
+    assert keep_freed_memory() == glibc
