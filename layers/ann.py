@@ -46,7 +46,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config_keys import ConfigError, get_choice, get_number, get_pair
-from .conv import conv_output_shape
+from .conv import conv2d, conv_output_shape
 from .linear import linear_output_shape
 from .network import OUTPUT_LAYER, Network, layer_shapes
 from .pooling import pooling_geometry
@@ -105,7 +105,8 @@ class AnnConv(nn.Module):
         self.bn = nn.BatchNorm2d(self.out_shape[0]) if settings.is_bn else None
 
     def forward(self, x, is_train=False):
-        h = F.conv2d(x, self.weight.squeeze(-1), None, self.stride, self.padding, self.dilation)
+        # (the spiking ConvLayer's convolution, few-channel input gradient included: same work)
+        h = conv2d(x, self.weight.squeeze(-1), self.stride, self.padding, self.dilation)
         return F.relu(h if self.bn is None else self.bn(h))
 
     def clip_weights(self):

@@ -153,6 +153,46 @@ def test_pooling_layer_uses_its_weight_buffer_and_falls_back():
     torch.testing.assert_close(out, expected.view(5, 2, 3, 4, 4))
 
 
+@pytest.mark.parametrize('channels,size,kernel,stride,padding,dilation', [
+    ((1, 15), (28, 28), (5, 5), (1, 1), (0, 0), (1, 1)),   # Fashion-MNIST's first layer
+    ((3, 4), (10, 9), (3, 3), (1, 1), (1, 1), (1, 1)),     # CIFAR's, padded
+    ((2, 3), (11, 12), (3, 2), (2, 3), (1, 2), (2, 1)),    # stride, padding, dilation
+])
+def test_few_channel_conv_gradient_matches_autograd(channels, size, kernel, stride, padding,
+                                                     dilation):
+    from layers.conv import FewChannelConv2d
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(6, channels[0], *size, generator=gen, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(channels[1], channels[0], *kernel, generator=gen, dtype=torch.float64,
+                         requires_grad=True)
+    expected = F.conv2d(x, weight, None, stride, padding, dilation)
+    actual = FewChannelConv2d.apply(x, weight, stride, padding, dilation)
+    torch.testing.assert_close(actual, expected, rtol=0, atol=0)
+    grad = torch.randn(expected.shape, generator=gen, dtype=torch.float64)
+    for g_actual, g_expected in zip(torch.autograd.grad(actual, (x, weight), grad),
+                                    torch.autograd.grad(expected, (x, weight), grad,
+                                                        retain_graph=True)):
+        torch.testing.assert_close(g_actual, g_expected, rtol=RTOL, atol=ATOL)
+    # the input gradient alone (an attack: the weight is frozen)
+    (g_input,) = torch.autograd.grad(FewChannelConv2d.apply(x, weight.detach(), stride, padding,
+                                                            dilation), x, grad)
+    torch.testing.assert_close(g_input, torch.autograd.grad(expected, x, grad)[0], rtol=RTOL,
+                               atol=ATOL)
+
+
+def test_conv_layer_takes_the_few_channel_path_only_for_an_input_gradient_on_the_cpu():
+    from layers import conv
+    x = torch.rand(10, 1, 12, 12, dtype=torch.float64)
+    weight = torch.randn(4, 1, 3, 3, dtype=torch.float64, requires_grad=True)
+    geometry = ((1, 1), (0, 0), (1, 1))
+    assert conv.conv2d(x, weight, *geometry).grad_fn.name() != 'FewChannelConv2dBackward'
+    assert conv.conv2d(x.requires_grad_(), weight, *geometry).grad_fn.name() == \
+        'FewChannelConv2dBackward'
+    wide = torch.rand(10, conv.FEW_INPUT_CHANNELS, 12, 12, dtype=torch.float64, requires_grad=True)
+    wide_weight = torch.randn(4, conv.FEW_INPUT_CHANNELS, 3, 3, dtype=torch.float64)
+    assert conv.conv2d(wide, wide_weight, *geometry).grad_fn.name() != 'FewChannelConv2dBackward'
+
+
 def test_the_commands_keep_freed_memory_on_glibc():
     # init_distributed (every command) and the bench call it; on Linux with glibc it applies.
     import platform
