@@ -87,27 +87,57 @@ def _path_context(model, path):
 
 
 class _EnsembleScores(torch.autograd.Function):
-    """Class scores whose backward is the mean of the members' normalised input gradients."""
+    """Class scores whose backward is the mean of the members' normalised input gradients. The
+    forward is the first member's, kept with its graph for that member's backward (the forward is
+    the same under every path; only the other members recompute it)."""
 
     @staticmethod
     def forward(ctx, x, model, members):
         ctx.save_for_backward(x)
         ctx.model, ctx.members = model, members
+        ctx.first = None
         with _path_context(model, members[0]):
-            return class_scores(model, x)
+            if not ctx.needs_input_grad[0]:
+                return class_scores(model, x)
+            with torch.enable_grad():
+                leaf = x.detach().requires_grad_(True)
+                scores = class_scores(model, leaf)
+        ctx.first = leaf, scores
+        return scores.detach()
 
     @staticmethod
     def backward(ctx, grad_scores):
         (x,) = ctx.saved_tensors
         total = torch.zeros_like(x)
-        for member in ctx.members:
+        for index, member in enumerate(ctx.members):
             with torch.enable_grad(), _path_context(ctx.model, member):
-                leaf = x.detach().requires_grad_(True)
-                (grad,) = torch.autograd.grad(class_scores(ctx.model, leaf), leaf, grad_scores)
+                if index == 0 and ctx.first is not None:
+                    leaf, scores = ctx.first
+                    ctx.first = None  # its graph is used once
+                else:
+                    leaf = x.detach().requires_grad_(True)
+                    scores = class_scores(ctx.model, leaf)
+                (grad,) = torch.autograd.grad(scores, leaf, grad_scores)
             # Per-sample L1 normalisation: every member gets the same say in the direction.
             norm = grad.flatten(1).abs().mean(1).clamp_min(torch.finfo(grad.dtype).tiny)
             total += grad / norm.view(-1, *([1] * (grad.dim() - 1)))
         return total / len(ctx.members), None, None
+
+
+@contextmanager
+def _input_gradient_only(model):
+    """Within the block, ``model``'s parameters require no gradient (restored after): an attack
+    differentiates the input only, and a custom backward (the TA-LIF BPTT step's ``theta_v``
+    term, ``layers.conv.FewChannelConv2d``'s weight gradient) computes what its inputs require,
+    not what the caller asks for."""
+    frozen = [p for p in model.parameters() if p.requires_grad]
+    for parameter in frozen:
+        parameter.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for parameter in frozen:
+            parameter.requires_grad_(True)
 
 
 @contextmanager
@@ -119,8 +149,9 @@ def scores_through(model, path):
     if not is_spiking(model) and any(m != AUTOGRAD and m not in custom for m in members):
         raise ValueError(f"gradient path {path!r}: the model has no spiking layers, "
                          f"its only paths are {', '.join([AUTOGRAD, *custom])}")
-    if len(members) > 1:
-        yield lambda x: _EnsembleScores.apply(x, model, tuple(members))
-        return
-    with _path_context(model, members[0]):
-        yield lambda x: class_scores(model, x)
+    with _input_gradient_only(model):
+        if len(members) > 1:
+            yield lambda x: _EnsembleScores.apply(x, model, tuple(members))
+            return
+        with _path_context(model, members[0]):
+            yield lambda x: class_scores(model, x)

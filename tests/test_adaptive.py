@@ -536,6 +536,21 @@ def test_ensemble_gradient_is_the_mean_of_normalised_member_gradients(data):
         torch.testing.assert_close(out, threats.class_scores(model, x))  # the forward is the model's
 
 
+def test_attacks_differentiate_the_input_only_and_leave_the_parameters_as_they_were(data):
+    model = data[0]
+    model.layers[0].weight.requires_grad_(False)  # a user's frozen parameter stays frozen
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    assert trainable
+    x = expand(data[2][:2]).requires_grad_(True)
+    for path in ('published', 'bptt:fast-sigmoid:5', 'ensemble:bptt:sigmoid:5+published'):
+        with paths.scores_through(model, path) as scores:
+            assert not any(p.requires_grad for p in model.parameters())
+            scores(x).sum().backward()
+        assert x.grad is not None and all(p.grad is None for p in model.parameters())
+        assert [p for p in model.parameters() if p.requires_grad] == trainable
+    model.layers[0].weight.requires_grad_(True)
+
+
 class PlainModel(torch.nn.Module):
     """A model with no spiking layers, with the Network call convention."""
     def __init__(self):
