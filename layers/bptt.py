@@ -21,9 +21,12 @@ rule may use the Triton kernel, which agrees to float32 rounding). It is one ent
 gradient-rule registry (``layers/gradients.py``): attacks switch it on with ``use_gradient_path``,
 training with ``Network.train_gradient``.
 
-Speed: one autograd node per layer. The backward evaluates the surrogate slope for all steps at
-once, then makes one pass backwards over time of a few fused in-place element-wise ops per step;
-it allocates one ``[T, B, ...]`` tensor (two for LIF), reusing the saved ones.
+Speed: one autograd node per layer. On the CPU (float32/float64) the backward's adjoint
+recursion is one compiled C loop over the elements (``layers/bptt_cpu.py``: a fifth to a third of
+an attack step was the PyTorch loop's dozen element-wise passes per time step); elsewhere, or
+without a C compiler, it is that PyTorch loop (``layers/dynamics.py``), a few fused in-place
+element-wise ops per step. Both write TA-LIF's ``dL/dI`` over its saved membrane and allocate
+LIF's (a second backward through a LIF layer is then the same).
 """
 import math
 
@@ -44,17 +47,17 @@ def _format_number(value):
 class BpttSpikeFunction(torch.autograd.Function):
     """Forward: :func:`layers.neuron.neuron_forward` (the published loop), keeping what the
     type's BPTT step needs. Backward: the type's ``bptt_backward`` with the surrogate
-    ``derivative(u_t - theta_t, sharpness)``. Same outputs as :class:`layers.neuron.SpikeFunction`."""
+    ``SURROGATES[surrogate].derivative(u_t - theta_t, sharpness)``. Same outputs as :class:`layers.neuron.SpikeFunction`."""
 
     @staticmethod
-    def forward(ctx, dynamics, current, tau_m, tau_s, threshold, record_nds, derivative,
+    def forward(ctx, dynamics, current, tau_m, tau_s, threshold, record_nds, surrogate,
                 sharpness, *state):
         trace, membrane, loop, mem_mean = neuron.neuron_forward(
             dynamics, current, state, tau_m, tau_s, threshold, record_nds, keep_membrane=True,
             keep_thresholds=True)
         ctx.save_for_backward(membrane, *loop.bptt_saved())
         ctx.dynamics, ctx.threshold, ctx.tau_m, ctx.tau_s = dynamics, threshold, tau_m, tau_s
-        ctx.derivative, ctx.sharpness = derivative, sharpness
+        ctx.surrogate, ctx.sharpness = surrogate, sharpness
         if mem_mean is not None:
             ctx.mark_non_differentiable(mem_mean)
         return trace, mem_mean
@@ -67,7 +70,7 @@ class BpttSpikeFunction(torch.autograd.Function):
         ctx.consumed = ctx.dynamics.bptt_consumes_saved
         membrane, *saved = ctx.saved_tensors
         grad_current, state_grads = ctx.dynamics.bptt_backward(
-            grad_traces, membrane, saved, ctx.threshold, ctx.tau_m, ctx.tau_s, ctx.derivative,
+            grad_traces, membrane, saved, ctx.threshold, ctx.tau_m, ctx.tau_s, ctx.surrogate,
             ctx.sharpness)
         state_grads = [grad if needed else None
                        for grad, needed in zip(state_grads, ctx.needs_input_grad[8:])]
@@ -128,5 +131,5 @@ class BpttPath:
         if not neuron.needs_gradient(current, state):
             return neuron.spike(dynamics, current, state, tau_m, tau_s, threshold, record_nds)
         return BpttSpikeFunction.apply(dynamics, current, tau_m, tau_s, threshold, record_nds,
-                                       SURROGATES[self.surrogate].derivative, self.sharpness,
+                                       self.surrogate, self.sharpness,
                                        *state)

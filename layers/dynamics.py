@@ -23,8 +23,8 @@ Adding a neuron type = one class here (or in its own module) + one ``NEURONS`` e
 """
 import torch
 
-from . import fused
-from .surrogate import SURROGATE_CLAMP, SURROGATE_WIDTH
+from . import bptt_cpu, fused
+from .surrogate import SURROGATE_CLAMP, SURROGATE_WIDTH, SURROGATES
 
 THETA_V_GRAD_SCALE = 0.1  # the published code scales the theta_v gradient by 0.1 (SPEC §4)
 
@@ -64,9 +64,17 @@ class Lif:
         return ()
 
     @staticmethod
-    def bptt_backward(grad_traces, membrane, saved, threshold, tau_m, tau_s, derivative,
+    def bptt_backward(grad_traces, membrane, saved, threshold, tau_m, tau_s, surrogate,
                       sharpness):
-        """``(dL/dI, grads of the state)`` from ``G_t = dL/dy_t`` and the pre-reset membrane."""
+        """``(dL/dI, grads of the state)`` from ``G_t = dL/dy_t`` and the pre-reset membrane;
+        ``surrogate`` a key of ``SURROGATES``. On the CPU, the compiled loop of ``bptt_cpu``."""
+        # (the membrane is kept: a second backward through a LIF layer gives the same gradient)
+        grad_current = torch.empty_like(membrane)
+        if bptt_cpu.available(membrane):
+            bptt_cpu.adjoint(grad_traces, membrane, surrogate, sharpness, 1 - 1 / tau_m, tau_s,
+                             threshold, grad_current)
+            return grad_current, ()
+        derivative = SURROGATES[surrogate].derivative
         scratch = torch.empty_like(membrane[0])
 
         def spike_step(t):
@@ -74,8 +82,6 @@ class Lif:
             # g_t, and 1 - s_t = [u_t - V <= 0] (exact: a float difference is 0 only for equal
             # operands), in place as 0/1 in the working dtype
             return derivative(distance, sharpness), distance.le_(0)
-        # (the membrane is kept: a second backward through a LIF layer gives the same gradient)
-        grad_current = torch.empty_like(membrane)
         return lif_adjoint(grad_traces, membrane, spike_step, 1 - 1 / tau_m, tau_s,
                            grad_current), ()
 
@@ -160,9 +166,15 @@ class TaLif(Lif):
         return self.thresholds, self.theta_v, self.nds
 
     @staticmethod
-    def bptt_backward(grad_traces, membrane, saved, threshold, tau_m, tau_s, derivative,
+    def bptt_backward(grad_traces, membrane, saved, threshold, tau_m, tau_s, surrogate,
                       sharpness):
         thresholds, theta_v, nds = saved
+        if bptt_cpu.available(membrane) and theta_v.shape == membrane.shape[2:]:
+            grad_current, grad_theta_v = bptt_cpu.adjoint(
+                grad_traces, membrane, surrogate, sharpness, 1 - 1 / tau_m, tau_s, threshold,
+                membrane, thresholds=thresholds, theta_v=theta_v.detach(), nds=nds)
+            return grad_current, (grad_theta_v, None)
+        derivative = SURROGATES[surrogate].derivative
 
         def spike_step(t):
             # u_t - theta_t, then 1 - s_t in its place (as in Lif.bptt_backward)

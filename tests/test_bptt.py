@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from conftest import SMALL_CONV_LAYERS
-from layers import Network
+from layers import Network, bptt_cpu
 from layers.bptt import BpttPath
 from layers.dynamics import ta_lif_adjoint
 from layers.gradients import gradient_path_name, parse_gradient_path, use_gradient_path
@@ -100,9 +100,19 @@ def test_network_forward_is_published(model):
 
 # --- backward: autograd through the plain loop ----------------------------------------------
 
+@pytest.fixture(params=['compiled', 'torch'])
+def adjoint_loop(request, monkeypatch):
+    """Each backward test runs twice: with the compiled CPU loop (layers/bptt_cpu.c) and with
+    the PyTorch loop of layers/dynamics.py (HOSNN_NO_CPU_KERNEL=1)."""
+    monkeypatch.setenv('HOSNN_NO_CPU_KERNEL', '1' if request.param == 'torch' else '0')
+    if request.param == 'compiled' and not bptt_cpu.available(torch.zeros(1)):
+        pytest.skip('no C compiler: the compiled BPTT loop is not built')
+    return request.param
+
+
 @pytest.mark.parametrize('adaptive', [False, True])
 @pytest.mark.parametrize('surrogate', list(SURROGATES))
-def test_neuron_gradient_matches_autograd(adaptive, surrogate):
+def test_neuron_gradient_matches_autograd(adaptive, surrogate, adjoint_loop):
     current, theta_v, nds, grad = neuron_inputs(adaptive)
     inputs = [current] + ([theta_v] if adaptive else [])
     y, _ = spike(current, theta_v, nds, TAU_M, TAU_S, V, path=BpttPath(surrogate))
@@ -118,7 +128,7 @@ def test_neuron_gradient_matches_autograd(adaptive, surrogate):
 @pytest.mark.parametrize('model', ['LIF', 'ALIF'])
 @pytest.mark.parametrize('surrogate,sharpness', [(name, None) for name in SURROGATES]
                          + [('sigmoid', 2.0), ('triangle', 0.5)])
-def test_network_gradient_matches_autograd(model, surrogate, sharpness):
+def test_network_gradient_matches_autograd(model, surrogate, sharpness, adjoint_loop):
     net, image, weights = small_network(model)
     with use_gradient_path(net, BpttPath(surrogate, sharpness)):
         out, grad_x, grad_theta = input_gradient(net, image, weights)
@@ -131,6 +141,54 @@ def test_network_gradient_matches_autograd(model, surrogate, sharpness):
     for name in grad_theta:
         assert grad_theta_ref[name].abs().max() > 0, name
         torch.testing.assert_close(grad_theta[name], grad_theta_ref[name], rtol=RTOL, atol=ATOL)
+
+
+@pytest.mark.parametrize('adaptive', [False, True])
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
+def test_compiled_loop_agrees_with_the_torch_loop_on_threads(adaptive, dtype, monkeypatch):
+    """float32 too, on two threads (the element range split mid-sample), every surrogate."""
+    if not bptt_cpu.available(torch.zeros(1)):
+        pytest.skip('no C compiler: the compiled BPTT loop is not built')
+    monkeypatch.setattr(bptt_cpu, 'MIN_ELEMENTS_PER_THREAD', 100)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        for surrogate in SURROGATES:
+            current, theta_v, nds, grad = neuron_inputs(adaptive, shape=(5, 7, 9), seed=3)
+            current, grad = (1.3 * current).to(dtype).detach().requires_grad_(), grad.to(dtype)
+            if adaptive:
+                theta_v, nds = theta_v.to(dtype).detach().requires_grad_(), nds.to(dtype)
+            inputs = [current] + ([theta_v] if adaptive else [])
+            grads = {}
+            for loop in ('0', '1'):
+                monkeypatch.setenv('HOSNN_NO_CPU_KERNEL', loop)
+                y, _ = spike(current, theta_v, nds, TAU_M, TAU_S, V,
+                             path=BpttPath(surrogate, 2 * SURROGATES[surrogate].default_sharpness))
+                grads[loop] = torch.autograd.grad(y, inputs, grad)
+            tolerance = 1e-5 if dtype == torch.float32 else 1e-12
+            for a, b in zip(grads['0'], grads['1']):
+                assert b.abs().max() > 0, surrogate
+                torch.testing.assert_close(a, b, rtol=tolerance, atol=tolerance * b.abs().max(),
+                                           msg=lambda m: f"{surrogate}: {m}")
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_without_a_compiler_the_torch_loop_runs(monkeypatch, tmp_path):
+    bptt_cpu._library.cache_clear()
+    monkeypatch.setenv('CC', str(tmp_path / 'no-such-compiler'))
+    monkeypatch.setenv('HOSNN_NO_CPU_KERNEL', '0')
+    try:
+        assert not bptt_cpu.available(torch.zeros(1))
+        current, _, _, grad = neuron_inputs(False)
+        y, _ = spike(current, None, None, TAU_M, TAU_S, V, path=BpttPath('arctan'))
+        assert torch.autograd.grad(y, current, grad)[0].abs().max() > 0
+    finally:
+        bptt_cpu._library.cache_clear()
+
+
+def test_the_compiled_loop_covers_every_surrogate():
+    assert set(bptt_cpu.SURROGATE_KINDS) == set(SURROGATES)
 
 
 def test_gradient_flows_through_the_threshold():
